@@ -1,0 +1,1 @@
+"""Kubeforge API packages (one per version)."""

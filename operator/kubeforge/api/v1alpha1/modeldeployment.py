@@ -1,0 +1,219 @@
+"""ModelDeployment: export, quantize and serve a model behind Triton, gated on Evaluations."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .common import (
+    CommonStatus,
+    DatasetInput,
+    KubeModel,
+    KubeResource,
+    ModelSource,
+    Name,
+    Resources,
+    StorageLocation,
+    TokenizerSource,
+    cel,
+)
+
+
+class Gate(KubeModel):
+    """Promotion gate: Evaluations that must have `Passed=True` before serving."""
+
+    evaluations: list[Name] = Field(
+        default_factory=list, max_length=32, description="Names of Evaluations (same namespace) that must pass."
+    )
+    require_same_model: bool = Field(
+        default=True, description="Each Evaluation must have evaluated the model being deployed."
+    )
+
+
+class Export(KubeModel):
+    """ONNX export."""
+
+    opset: int = Field(default=18, ge=14, le=23, description="ONNX opset version.")
+    kv_cache: bool = Field(default=False, description="Export with past key/value inputs for fast generation.")
+    task: Literal["auto", "causal-lm", "sequence-classification"] = Field(
+        default="auto", description="Model head to export; `auto` reads the model config."
+    )
+    max_logit_diff: float = Field(
+        default=1e-3, gt=0, description="Fail the export when ONNX vs PyTorch max |logit diff| exceeds this."
+    )
+
+
+class Quantization(KubeModel):
+    """Weight quantization of the exported model."""
+
+    mode: Literal["none", "fp16", "int8-dynamic", "int8-static"] = Field(
+        default="none", description="none, fp16, int8-dynamic or int8-static (calibrated)."
+    )
+    calibration: DatasetInput | None = Field(default=None, description="Calibration data for int8-static.")
+    calibration_samples: int = Field(default=64, ge=1, le=100000, description="Calibration records used.")
+    max_logit_diff: float | None = Field(
+        default=None, gt=0, description="Fail quantization when max |logit diff| vs fp32 exceeds this."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.mode != 'int8-static' || has(self.calibration)",
+                    "quantization mode int8-static needs quantization.calibration (a Dataset)",
+                    ".calibration",
+                )
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _calibration(self) -> Quantization:
+        if self.mode == "int8-static" and self.calibration is None:
+            raise ValueError("quantization mode int8-static needs quantization.calibration (a Dataset)")
+        return self
+
+
+class DynamicBatching(KubeModel):
+    """Triton dynamic batching."""
+
+    enabled: bool = Field(default=True, description="Let Triton combine requests into batches.")
+    max_queue_delay_microseconds: int = Field(default=1000, ge=0, le=10000000, description="Wait for a batch.")
+    preferred_batch_sizes: list[int] | None = Field(default=None, max_length=16, description="Preferred sizes.")
+
+
+class Triton(KubeModel):
+    """Triton Inference Server settings."""
+
+    max_batch_size: int = Field(default=8, ge=0, le=4096, description="Largest batch Triton forms (0 = off).")
+    dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching, description="Dynamic batching.")
+    instances: int = Field(default=1, ge=1, le=64, description="Model instances per server.")
+    image: str | None = Field(default=None, description="Triton image override (default: operator setting).")
+
+
+class Autoscaling(KubeModel):
+    """HorizontalPodAutoscaler for the Triton Deployment."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas.")
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100, description="Average CPU target (percent).")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas")
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
+
+
+class Rollout(KubeModel):
+    """How a new model version replaces the old one."""
+
+    strategy: Literal["replace", "canary"] = Field(
+        default="replace", description="`replace` (rolling update) or `canary` (new version beside the old)."
+    )
+    canary_weight: int = Field(
+        default=20, ge=1, le=99, description="Share of traffic (percent, by replica weight) for the canary."
+    )
+    promote_after_seconds: int = Field(
+        default=300, ge=0, description="Promote the canary after it has been Ready this long."
+    )
+
+
+class ModelDeploymentSpec(KubeModel):
+    """Desired state of a ModelDeployment."""
+
+    model: ModelSource = Field(description="Model to serve: a producing object's output or a uri.")
+    tokenizer: TokenizerSource = Field(default_factory=TokenizerSource, description="Tokenizer shipped beside it.")
+    gate: Gate = Field(default_factory=Gate, description="Evaluations that must pass first.")
+    export: Export = Field(default_factory=Export, description="ONNX export.")
+    quantization: Quantization = Field(default_factory=Quantization, description="Quantization.")
+    backend: Literal["onnxruntime", "tensorrt", "python"] = Field(
+        default="onnxruntime",
+        description="Triton backend: onnxruntime, tensorrt (needs a GPU) or python (onnxruntime in model.py).",
+    )
+    triton: Triton = Field(default_factory=Triton, description="Triton server settings.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Triton replicas (ignored with autoscaling).")
+    autoscaling: Autoscaling | None = Field(default=None, description="Enable an HPA with these bounds.")
+    rollout: Rollout = Field(default_factory=Rollout, description="Rollout strategy.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per Triton pod.")
+    conversion_resources: Resources = Field(
+        default_factory=Resources, description="Compute for the export/quantize Job."
+    )
+    output: StorageLocation = Field(default_factory=StorageLocation, description="Model repository location.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.backend != 'tensorrt' || (has(self.resources) && self.resources.gpu > 0)",
+                    "backend tensorrt needs a GPU: set resources.gpu >= 1",
+                    ".backend",
+                ),
+                cel(
+                    "!has(self.model.architecture)",
+                    "serve a trained model: set model.uri or model.ref",
+                    ".model",
+                ),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelDeploymentSpec:
+        if self.backend == "tensorrt" and self.resources.gpu < 1:
+            raise ValueError("backend tensorrt needs a GPU: set resources.gpu >= 1")
+        if self.model.architecture is not None:
+            raise ValueError("serve a trained model: set model.uri or model.ref")
+        return self
+
+
+class Endpoints(KubeModel):
+    """Where the model is served."""
+
+    http: str | None = Field(default=None, description="Triton HTTP/REST endpoint.")
+    grpc: str | None = Field(default=None, description="Triton gRPC endpoint.")
+    metrics: str | None = Field(default=None, description="Triton Prometheus metrics endpoint.")
+
+
+class ModelDeploymentStatus(CommonStatus):
+    """Observed state of a ModelDeployment."""
+
+    endpoints: Endpoints | None = Field(default=None, description="Serving endpoints.")
+    served_version: str | None = Field(default=None, description="Model version Triton serves (stable track).")
+    canary_version: str | None = Field(default=None, description="Version on the canary track, if any.")
+    ready_replicas: int | None = Field(default=None, description="Ready Triton replicas.")
+    model_repository: str | None = Field(default=None, description="Triton model repository location.")
+    model_digest: str | None = Field(default=None, description="Digest of the model being served.")
+    conversion: dict[str, float] | None = Field(
+        default=None, description="Conversion report: sizes, max logit diff, argmax agreement."
+    )
+
+
+class ModelDeployment(KubeResource):
+    """A model served by Triton Inference Server."""
+
+    KIND: ClassVar[str] = "ModelDeployment"
+    PLURAL: ClassVar[str] = "modeldeployments"
+    SHORT_NAMES: ClassVar[list[str]] = ["kfmd"]
+    PRINTER_COLUMNS: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+        {"name": "Version", "type": "string", "jsonPath": ".status.servedVersion"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {"name": "Quantization", "type": "string", "jsonPath": ".spec.quantization.mode", "priority": 1},
+        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoints.grpc", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    kind: Literal["ModelDeployment"] = Field(default="ModelDeployment", description="ModelDeployment.")
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state (set by the operator).")

@@ -1,0 +1,60 @@
+"""The `kubeforge` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(help="Kubeforge: declarative MLOps for language models.", no_args_is_help=True)
+console = Console(stderr=True)
+
+REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+@app.command()
+def version() -> None:
+    """Print the Kubeforge version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def crds(
+    output: Path = typer.Option(REPO_CRDS, "--output", "-o", help="Directory for the CRD YAML files."),
+    check: bool = typer.Option(False, "--check", help="Only report whether the files are up to date."),
+) -> None:
+    """Regenerate the CustomResourceDefinitions from the API models."""
+    from . import crdgen
+
+    if check:
+        stale = crdgen.stale(output)
+        if stale:
+            console.print(f"[red]out of date:[/] {', '.join(stale)} — run `kubeforge crds`")
+            raise typer.Exit(1)
+        console.print("CRDs are up to date")
+        return
+    for path in crdgen.write_all(output):
+        typer.echo(str(path))
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="Manifest files or directories.")) -> None:
+    """Validate Kubeforge manifests offline; errors name the file, object and field."""
+    from .manifests import ManifestError, load
+
+    try:
+        resources = load(files)
+    except ManifestError as exc:
+        for line in exc.problems:
+            console.print(f"[red]error[/] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    for r in resources:
+        typer.echo(f"ok {r.kind}/{r.name}")
+
+
+def main() -> None:
+    """Entry point for `python -m kubeforge`."""
+    app()
