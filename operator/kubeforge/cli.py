@@ -55,6 +55,48 @@ def validate(files: list[Path] = typer.Argument(..., help="Manifest files or dir
         typer.echo(f"ok {r.kind}/{r.name}")
 
 
+dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
+cluster_app = typer.Typer(help="The local test control plane (hack/test-cluster.sh).", no_args_is_help=True)
+dev_app.add_typer(cluster_app, name="cluster")
+app.add_typer(dev_app, name="dev")
+
+TEST_CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "hack" / "test-cluster.sh"
+
+
+def _test_cluster(action: str) -> None:
+    """Thin wrapper: the script holds the logic so CI and developers run the same thing."""
+    import subprocess
+
+    if not TEST_CLUSTER_SCRIPT.exists():
+        console.print(f"[red]error[/] {TEST_CLUSTER_SCRIPT} not found: `kubeforge dev` needs a source checkout")
+        raise typer.Exit(1)
+    raise typer.Exit(subprocess.call(["bash", str(TEST_CLUSTER_SCRIPT), action]))
+
+
+@cluster_app.command("up")
+def cluster_up() -> None:
+    """Build the tools if needed, start the kwok-backed test cluster, print its kubeconfig path."""
+    _test_cluster("up")
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop and delete the test cluster."""
+    _test_cluster("down")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """Say whether the test cluster is up and list its nodes."""
+    _test_cluster("status")
+
+
+@cluster_app.command("kubeconfig")
+def cluster_kubeconfig() -> None:
+    """Print the test cluster's kubeconfig path."""
+    _test_cluster("kubeconfig")
+
+
 def main() -> None:
     """Entry point for `python -m kubeforge`."""
     app()

@@ -75,8 +75,12 @@ class StageConfig(KubeModel):
     )
     output_uri: str = Field(description="Where the artifact is written.")
     checkpoint_uri: str | None = Field(default=None, description="Where checkpoints live (resume reads here).")
-    progress_path: str | None = Field(default=None, description="URI of the file the stage rewrites with Progress JSON.")
-    result_path: str | None = Field(default=None, description="URI of the file the stage writes StageResult JSON to.")
+    progress_path: str | None = Field(
+        default=None, description="URI of the file the stage rewrites with Progress JSON."
+    )
+    result_path: str | None = Field(
+        default=None, description="URI of the file the stage writes StageResult JSON to."
+    )
     metrics_port: int | None = Field(default=None, description="Port for the stage's Prometheus metrics (0: off).")
 
     def typed(self) -> KubeResource:

@@ -5,6 +5,7 @@ Kept free of torch so `prepare` and the operator-side tests import it cheaply.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -94,10 +95,8 @@ def write_result(config: StageConfig, result: StageResult) -> None:
         _atomic_write(local_path(config.result_path), json.dumps(result.to_wire(), indent=2, sort_keys=True))
     term = Path(os.environ.get("KUBEFORGE_TERMINATION_LOG", TERMINATION_LOG))
     if term.parent.is_dir() and (term.exists() or os.environ.get("KUBEFORGE_TERMINATION_LOG")):
-        try:
+        with contextlib.suppress(OSError):
             term.write_text(result.termination_message())
-        except OSError:
-            pass
 
 
 class ProgressReporter:

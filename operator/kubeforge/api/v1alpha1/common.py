@@ -12,10 +12,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 GROUP = "kubeforge.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Literal["kubeforge.io/v1alpha1"] = "kubeforge.io/v1alpha1"
 
 DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
@@ -23,9 +24,9 @@ QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123)]
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> JsonDict:
     """One `x-kubernetes-validations` entry; kept next to the pydantic check that mirrors it."""
-    out = {"rule": rule, "message": message}
+    out: JsonDict = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     if reason:
@@ -402,7 +403,7 @@ QLORA_NEEDS_GPU = cel(
 def check_qlora_gpu(peft: Peft | None, resources: Resources | None) -> None:
     """Python twin of QLORA_NEEDS_GPU."""
     if peft is not None and peft.method == PeftMethod.QLORA and (resources is None or resources.gpu < 1):
-        raise ValueError(QLORA_NEEDS_GPU["message"])
+        raise ValueError(str(QLORA_NEEDS_GPU["message"]))
 
 
 class Checkpointing(KubeModel):
@@ -496,7 +497,7 @@ class KubeResource(KubeModel):
     PLURAL: ClassVar[str] = ""
     SHORT_NAMES: ClassVar[list[str]] = []
     PRINTER_COLUMNS: ClassVar[list[dict[str, Any]]] = []
-    TOP_VALIDATIONS: ClassVar[list[dict[str, str]]] = []
+    TOP_VALIDATIONS: ClassVar[list[JsonDict]] = []
 
     model_config = ConfigDict(extra="forbid")
 

@@ -138,13 +138,15 @@ class Filters(KubeModel):
         return self
 
 
+PiiKind = Literal["email", "phone", "key", "ip", "credit-card"]
+DEFAULT_PII: tuple[PiiKind, ...] = ("email", "phone", "key")
+
+
 class Pii(KubeModel):
     """PII scrubbing."""
 
     enabled: bool = Field(default=False, description="Scrub personal data before writing splits.")
-    kinds: list[Literal["email", "phone", "key", "ip", "credit-card"]] = Field(
-        default_factory=lambda: ["email", "phone", "key"], description="What to scrub."
-    )
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_PII), description="What to scrub.")
     replacement: str = Field(default="[{kind}]", description="Replacement text; `{kind}` becomes e.g. `EMAIL`.")
 
 

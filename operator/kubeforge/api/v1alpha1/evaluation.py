@@ -149,7 +149,10 @@ class EvaluationSpec(KubeModel):
         bad = [m.value for m in self.metrics if m not in TASK_METRICS[self.task_type]]
         if bad:
             allowed = sorted(m.value for m in TASK_METRICS[self.task_type])
-            raise ValueError(f"metrics {bad} do not suit taskType {self.task_type.value}; allowed: {allowed}")
+            raise ValueError(
+                f"metrics must suit taskType (e.g. mse for regression, bleu for generation): {bad} are not "
+                f"allowed for {self.task_type.value}; allowed: {allowed}"
+            )
         for t in self.thresholds or []:
             if t.metric not in self.metrics:
                 raise ValueError(f"thresholds metric {t.metric.value} must also be listed in metrics")

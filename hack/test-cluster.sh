@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for tests: kube-apiserver + etcd + kube-controller-manager +
+# kube-scheduler run as local processes by kwokctl (binary runtime), with KWOK faking the nodes
+# (2 GPU nodes, 1 CPU node) and pod lifecycles (pods of Jobs go Running -> Succeeded).
+#
+# Usage: hack/test-cluster.sh up|down|status|kubeconfig
+#   up          build the tools if needed (hack/build-tools.sh), start the cluster (no-op when already
+#               up), wait until it is ready, print the kubeconfig path on stdout (only that line).
+#   down        delete the cluster and its working directory.
+#   status      report whether the cluster answers, and list its nodes; exit 1 when it is down.
+#   kubeconfig  print the kubeconfig path; exit 1 when the cluster is down.
+#
+# Environment: KUBEFORGE_TOOLS_DIR (default ~/.cache/kubeforge/tools), KUBEFORGE_CLUSTER_NAME
+# (default kubeforge-test), KWOK_WORKDIR (default $KUBEFORGE_TOOLS_DIR/kwok).
+#
+# Why kwokctl's binary runtime: there is no Docker here; every binary is a local path, so
+# kwokctl downloads nothing. Messages go to stderr so `export KUBECONFIG=$(hack/test-cluster.sh up)` works.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TOOLS_DIR="${KUBEFORGE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeforge/tools}"
+BIN="$TOOLS_DIR/bin"
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+CLUSTER_NAME="${KUBEFORGE_CLUSTER_NAME:-kubeforge-test}"
+export KWOK_WORKDIR="${KWOK_WORKDIR:-$TOOLS_DIR/kwok}"
+CLUSTER_DIR="$KWOK_WORKDIR/clusters/$CLUSTER_NAME"
+KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig.yaml"
+LOGS_DIR="${KUBEFORGE_CLUSTER_LOGS_DIR:-$TOOLS_DIR/logs}"
+GPU_PRODUCT="${KUBEFORGE_TEST_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
+READY_TIMEOUT="${KUBEFORGE_CLUSTER_TIMEOUT:-180}"
+
+log() { printf '[test-cluster] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+api_ready() {
+  [[ -f "$KUBECONFIG_PATH" && -x "$BIN/kubectl" ]] \
+    && kc get --raw /readyz --request-timeout=5s >/dev/null 2>&1
+}
+
+# Copy kwokctl's component logs somewhere stable and say where, so a failed start can be debugged.
+save_logs() {
+  local dest
+  dest="$LOGS_DIR/$CLUSTER_NAME-$(date +%Y%m%d-%H%M%S)"
+  mkdir -p "$dest"
+  if [[ -d "$CLUSTER_DIR/logs" ]]; then cp -r "$CLUSTER_DIR/logs/." "$dest/" 2>/dev/null || true; fi
+  [[ -f "$CLUSTER_DIR/kwok.yaml" ]] && cp "$CLUSTER_DIR/kwok.yaml" "$dest/" 2>/dev/null || true
+  log "component logs copied to $dest"
+}
+
+ensure_tools() {
+  local out
+  out="$(bash "$HACK_DIR/build-tools.sh")" || die "hack/build-tools.sh failed (see its output above)"
+  BIN="$(printf '%s\n' "$out" | tail -n1)"
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl; do
+    [[ -x "$BIN/$b" ]] || die "$BIN/$b missing after hack/build-tools.sh"
+  done
+  export PATH="$BIN:$PATH"  # kwokctl's binary runtime runs `kubectl` from PATH
+}
+
+# Default KWOK stages, taken verbatim from the kwok module source: giving any Stage in the config
+# replaces all of kwokctl's defaults, so they are passed explicitly next to our failure stage.
+default_stages() {
+  local src="${GOMODCACHE:-$TOOLS_DIR/gomodcache}/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  local f
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [[ -f "$src/$f" ]] || die "KWOK stage $src/$f not found (run hack/build-tools.sh to fill the module cache)"
+    printf -- '---\n'; cat "$src/$f"
+  done
+}
+
+write_config() {
+  local cfg="$1"
+  {
+    cat <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  kubeVersion: $K8S_VERSION
+  kwokVersion: $KWOK_VERSION
+  kubeBinaryPrefix: $BIN
+  kubectlBinary: $BIN/kubectl
+  etcdBinary: $BIN/etcd
+  kwokControllerBinary: $BIN/kwok
+  bindAddress: 127.0.0.1
+  securePort: true
+  kubeAuthorization: true
+  kubeAdmission: true
+EOF
+    default_stages
+    cat <<'EOF'
+---
+# Kubeforge failure-path stage: a Running pod annotated kubeforge.io/test-fail: "true" fails with
+# exit code 1 and a termination message (annotation kubeforge.io/test-fail-message overrides it).
+# weight 1 beats pod-complete (weight 0) for the pods it selects.
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: kubeforge-pod-fail
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.annotations["kubeforge.io/test-fail"]'
+      operator: 'In'
+      values:
+      - 'true'
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+  weight: 1
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      {{ $annotations := or .metadata.annotations dict }}
+      {{ $message := or ( index $annotations "kubeforge.io/test-fail-message" ) "kubeforge test failure: simulated crash" }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Initialized
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        reason: PodFailed
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        reason: PodFailed
+        type: ContainersReady
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 1
+            reason: Error
+            message: {{ $message | Quote }}
+            startedAt: {{ $now | Quote }}
+            finishedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+EOF
+  } >"$cfg"
+}
+
+# Fake nodes; kwok's node-initialize stage keeps capacity/allocatable, so the scheduler sees 8 GPUs each.
+apply_nodes() {
+  local name gpu
+  {
+    for spec in "kubeforge-gpu-0:8" "kubeforge-gpu-1:8" "kubeforge-cpu-0:0"; do
+      name="${spec%%:*}"; gpu="${spec##*:}"
+      cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubeforge.io/test-node: "true"
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: $name
+    type: kwok
+EOF
+      if [[ "$gpu" != 0 ]]; then
+        printf '    nvidia.com/gpu.product: %s\n    nvidia.com/gpu.count: "%s"\n' "$GPU_PRODUCT" "$gpu"
+      fi
+      cat <<EOF
+status:
+  capacity: {cpu: "64", memory: 512Gi, pods: "110", ephemeral-storage: 1Ti$( [[ "$gpu" != 0 ]] && printf ', nvidia.com/gpu: "%s"' "$gpu")}
+  allocatable: {cpu: "64", memory: 512Gi, pods: "110", ephemeral-storage: 1Ti$( [[ "$gpu" != 0 ]] && printf ', nvidia.com/gpu: "%s"' "$gpu")}
+  nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: fake, kubeProxyVersion: fake, containerRuntimeVersion: fake, kernelVersion: fake, osImage: fake, bootID: "", machineID: "", systemUUID: ""}
+  phase: Running
+EOF
+    done
+  } | kc apply -f - >&2
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until api_ready; do
+    ((SECONDS < deadline)) || { log "API server not ready after ${READY_TIMEOUT}s"; return 1; }
+    sleep 1
+  done
+  apply_nodes || return 1
+  kc wait --for=condition=Ready node -l kubeforge.io/test-node=true --timeout="$((deadline - SECONDS))s" >&2 \
+    || { log "fake nodes not Ready"; return 1; }
+  # A namespace rejects pods until its `default` ServiceAccount exists (kube-controller-manager makes it).
+  until kc get serviceaccount default -n default >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { log "default ServiceAccount not created after ${READY_TIMEOUT}s"; return 1; }
+    sleep 1
+  done
+}
+
+cmd_up() {
+  ensure_tools
+  mkdir -p "$KWOK_WORKDIR"
+  exec 9>"$KWOK_WORKDIR/.$CLUSTER_NAME.lock"
+  flock 9  # two test sessions starting at once share one cluster
+  if api_ready; then
+    wait_ready || { save_logs; die "cluster $CLUSTER_NAME answers but is not healthy"; }
+    log "cluster $CLUSTER_NAME already up"
+    echo "$KUBECONFIG_PATH"; return
+  fi
+  local start=$SECONDS
+  if [[ -d "$CLUSTER_DIR" ]]; then  # left over (e.g. after a reboot): restart, else recreate
+    log "restarting existing cluster $CLUSTER_NAME"
+    if "$BIN/kwokctl" start cluster --name "$CLUSTER_NAME" >&2 && wait_ready; then
+      log "cluster $CLUSTER_NAME up in $((SECONDS - start))s"
+      echo "$KUBECONFIG_PATH"; return
+    fi
+    log "restart failed; recreating"
+    save_logs
+    "$BIN/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "" >&2 || true
+    rm -rf "$CLUSTER_DIR"
+  fi
+  local cfg="$KWOK_WORKDIR/$CLUSTER_NAME.kwokctl.yaml"
+  write_config "$cfg"
+  log "creating cluster $CLUSTER_NAME (Kubernetes $K8S_VERSION, workdir $CLUSTER_DIR)"
+  if ! "$BIN/kwokctl" create cluster --name "$CLUSTER_NAME" --config "$cfg" --kubeconfig "" \
+       --timeout "${READY_TIMEOUT}s" >&2; then
+    save_logs; die "kwokctl create cluster failed"
+  fi
+  wait_ready || { save_logs; die "cluster $CLUSTER_NAME did not become ready"; }
+  log "cluster $CLUSTER_NAME up in $((SECONDS - start))s"
+  echo "$KUBECONFIG_PATH"
+}
+
+cmd_down() {
+  if [[ -x "$BIN/kwokctl" && -d "$CLUSTER_DIR" ]]; then
+    PATH="$BIN:$PATH" "$BIN/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "" >&2 \
+      || log "kwokctl delete cluster failed; removing $CLUSTER_DIR anyway"
+  fi
+  rm -rf "$CLUSTER_DIR"
+  log "cluster $CLUSTER_NAME down"
+}
+
+cmd_status() {
+  if api_ready; then
+    log "cluster $CLUSTER_NAME is up; kubeconfig $KUBECONFIG_PATH"
+    kc get nodes -L nvidia.com/gpu.product >&2
+  else
+    log "cluster $CLUSTER_NAME is down (start it with: hack/test-cluster.sh up)"
+    return 1
+  fi
+}
+
+cmd_kubeconfig() {
+  api_ready || die "cluster $CLUSTER_NAME is down (start it with: hack/test-cluster.sh up)"
+  echo "$KUBECONFIG_PATH"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  kubeconfig) cmd_kubeconfig ;;
+  *) echo "usage: $0 up|down|status|kubeconfig" >&2; exit 2 ;;
+esac
