@@ -66,7 +66,7 @@ class Cluster:
         """A kubernetes.client.ApiClient bound to this cluster."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,7 @@ def cluster() -> Iterator[Cluster]:
     mp.setenv("PATH", f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
     from kubernetes import config
 
-    config.load_kube_config(config_file=str(kubeconfig))
+    config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     try:
         yield Cluster(kubeconfig=kubeconfig, bin_dir=BIN_DIR)
     finally:

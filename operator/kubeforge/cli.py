@@ -55,6 +55,52 @@ def validate(files: list[Path] = typer.Argument(..., help="Manifest files or dir
         typer.echo(f"ok {r.kind}/{r.name}")
 
 
+WORKDIR_OPTION = typer.Option(Path(".kubeforge"), "--workdir", help="State, artifacts and logs of local runs.")
+
+
+@app.command()
+def run(
+    files: list[Path] = typer.Option(..., "--filename", "-f", help="Manifest files or directories (repeatable)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Stages run in parallel (0: 1 on machines with <=4 cores)."),
+    workdir: Path = WORKDIR_OPTION,
+    force: list[str] = typer.Option([], "--force", help="Re-run KIND/NAME and everything downstream (repeatable)."),
+    serve: bool = typer.Option(False, "--serve", help="Keep the Triton server(s) running until Ctrl-C."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
+) -> None:
+    """Run a pipeline locally: each stage as a subprocess, in dependency order; skips what is up to date."""
+    from .runner import commands
+
+    raise typer.Exit(commands.run(files, jobs or None, workdir, force, serve, console, html=not no_report))
+
+
+@app.command()
+def get(workdir: Path = WORKDIR_OPTION) -> None:
+    """List the objects of local runs with their status (like `kubectl get`)."""
+    from .runner import commands
+
+    raise typer.Exit(commands.get(workdir, console))
+
+
+@app.command()
+def describe(ref: str = typer.Argument(..., help="KIND/NAME"), workdir: Path = WORKDIR_OPTION) -> None:
+    """Conditions, lineage, metrics and events of one object of a local run."""
+    from .runner import commands
+
+    raise typer.Exit(commands.describe(ref, workdir, console))
+
+
+@app.command()
+def logs(
+    ref: str = typer.Argument(..., help="KIND/NAME"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the stage runs."),
+    workdir: Path = WORKDIR_OPTION,
+) -> None:
+    """Print the stage log of one object of a local run."""
+    from .runner import commands
+
+    raise typer.Exit(commands.logs(ref, workdir, follow, console))
+
+
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 cluster_app = typer.Typer(help="The local test control plane (hack/test-cluster.sh).", no_args_is_help=True)
 dev_app.add_typer(cluster_app, name="cluster")

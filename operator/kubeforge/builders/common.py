@@ -1,0 +1,493 @@
+"""Pure manifest builders shared by every kind: names, labels, pods, Jobs, ConfigMaps, Services.
+
+Builders take validated models and return plain dicts (what `kubectl apply` would send); they never
+talk to the API server, so golden-file tests pin their output exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.v1alpha1 import KubeResource
+from ..api.v1alpha1.common import Distributed, Resources, StorageLocation
+from ..settings import OperatorSettings
+from ..stage import (
+    CONFIG_FILE,
+    CONFIG_MOUNT,
+    DEFAULT_PVC_ROOT,
+    PVC_ROOT_ENV,
+    StageConfig,
+    stage_command,
+)
+
+Manifest = dict[str, Any]
+
+PART_OF = "kubeforge"
+MANAGED_BY = "kubeforge-operator"
+LABEL_KIND = "kubeforge.io/kind"
+LABEL_OWNER = "kubeforge.io/owner"
+LABEL_GENERATION = "kubeforge.io/generation"
+LABEL_STAGE = "kubeforge.io/stage"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# JSON object of annotations copied onto the pod template (e.g. sidecar or test-harness annotations).
+POD_ANNOTATIONS_ANNOTATION = "kubeforge.io/pod-annotations"
+CONFIG_DIGEST_ANNOTATION = "kubeforge.io/config-digest"
+DEEPSPEED_FILE = "deepspeed.json"
+DEEPSPEED_ENV = "KUBEFORGE_DEEPSPEED_CONFIG"
+TORCH_MASTER_PORT = 29500
+STAGE_CONTAINER = "stage"
+RUN_AS_USER = 1000
+MAX_CHILD_NAME = 52  # Job names become pod hostnames `<job>-<index>` and label values (<= 63).
+
+
+def short_hash(text: str, length: int = 5) -> str:
+    """Stable hex suffix used when a name must be shortened."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def child_name(resource: KubeResource, stage: str, generation: int | None = None) -> str:
+    """Deterministic child name `<name>-<stage>-g<generation>`; shortened with a hash when too long.
+
+    Determinism is what makes reconciles idempotent across operator restarts: the same object at the same
+    generation always maps to the same Job, so a second create answers 409 instead of running twice.
+    """
+    gen = generation if generation is not None else int(resource.metadata.get("generation") or 1)
+    name = f"{resource.name}-{stage}-g{gen}"
+    if len(name) <= MAX_CHILD_NAME:
+        return name
+    suffix = f"-{short_hash(name)}-g{gen}"
+    return resource.name[: MAX_CHILD_NAME - len(suffix)].rstrip("-") + suffix
+
+
+def dns1035(name: str) -> str:
+    """Service names must start with a letter."""
+    return name if name[:1].isalpha() else f"kf-{name}"[:63]
+
+
+def get_labels(resource: KubeResource, component: str, app: str = "kubeforge-stage") -> dict[str, str]:
+    """Recommended app.kubernetes.io labels plus the kubeforge.io owner labels the controllers select on."""
+    return {
+        "app.kubernetes.io/name": app,
+        "app.kubernetes.io/instance": resource.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_KIND: resource.kind,
+        LABEL_OWNER: resource.name,
+    }
+
+
+def get_owner_reference(resource: KubeResource) -> dict[str, Any]:
+    """Controller owner reference: children are garbage-collected with their owner (no finalizer needed)."""
+    return {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "name": resource.name,
+        "uid": str(resource.metadata.get("uid", "")),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def get_metadata(
+    resource: KubeResource,
+    name: str,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Child metadata: namespace, labels, owner reference."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": resource.namespace,
+        "labels": dict(labels),
+        "ownerReferences": [get_owner_reference(resource)],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def get_pod_security_context() -> dict[str, Any]:
+    """Pod-level settings of the Pod Security `restricted` profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def get_container_security_context() -> dict[str, Any]:
+    """Container-level settings of the Pod Security `restricted` profile."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def get_resource_requirements(res: Resources) -> dict[str, Any]:
+    """Requests and limits; GPUs are extended resources, so request == limit."""
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpu:
+        requests[GPU_RESOURCE] = str(res.gpu)
+        limits[GPU_RESOURCE] = str(res.gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def get_scheduling(res: Resources) -> dict[str, Any]:
+    """nodeSelector (incl. GPU product), tolerations and priority class for a pod spec."""
+    out: dict[str, Any] = {}
+    selector = dict(res.node_selector or {})
+    if res.gpu_type:
+        selector[GPU_PRODUCT_LABEL] = res.gpu_type
+    if selector:
+        out["nodeSelector"] = dict(sorted(selector.items()))
+    tolerations = [t.to_wire() for t in res.tolerations or []]
+    if res.gpu and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        out["tolerations"] = tolerations
+    if res.priority_class_name:
+        out["priorityClassName"] = res.priority_class_name
+    return out
+
+
+def pod_annotations_from(resource: KubeResource) -> dict[str, str]:
+    """Annotations the user asked to copy onto pods (`kubeforge.io/pod-annotations`, a JSON object)."""
+    raw = (resource.metadata.get("annotations") or {}).get(POD_ANNOTATIONS_ANNOTATION)
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"metadata.annotations[{POD_ANNOTATIONS_ANNOTATION}]: must be a JSON object of strings ({exc.msg})"
+        ) from exc
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise ValueError(f"metadata.annotations[{POD_ANNOTATIONS_ANNOTATION}]: must be a JSON object of strings")
+    return {str(k): v for k, v in parsed.items()}
+
+
+def merge_pod_overrides(pod_spec: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Strategic-merge-like overlay: maps merge, `containers`/`volumes`/`env` merge by name, other lists replace."""
+    if not overrides:
+        return pod_spec
+    out = copy.deepcopy(pod_spec)
+
+    def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+        for key, value in src.items():
+            current = dst.get(key)
+            if isinstance(value, dict) and isinstance(current, dict):
+                merge(current, value)
+            elif (
+                isinstance(value, list)
+                and isinstance(current, list)
+                and all(isinstance(v, dict) and "name" in v for v in value + current)
+            ):
+                by_name = {item["name"]: item for item in current}
+                for item in value:
+                    if item["name"] in by_name:
+                        merge(by_name[item["name"]], item)
+                    else:
+                        current.append(copy.deepcopy(item))
+            else:
+                dst[key] = copy.deepcopy(value)
+
+    merge(out, overrides)
+    return out
+
+
+def _pvc_claims(value: Any) -> set[str]:
+    """Every claim named by a `pvc://claim/...` string anywhere in `value`."""
+    if isinstance(value, str):
+        if value.startswith("pvc://"):
+            claim = value.removeprefix("pvc://").split("/", 1)[0]
+            return {claim} if claim else set()
+        return set()
+    if isinstance(value, dict):
+        return set().union(*(_pvc_claims(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_pvc_claims(v) for v in value)) if value else set()
+    return set()
+
+
+@dataclass
+class Storage:
+    """Volumes, mounts and env that give a container its artifact store and credentials."""
+
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    env: list[dict[str, Any]]
+
+
+def get_storage(uris: Any, settings: OperatorSettings, output: StorageLocation | None) -> Storage:
+    """PVCs named by any `pvc://` URI (mounted at DEFAULT_PVC_ROOT/<claim>), the store PVC, S3 credentials.
+
+    A store root that is a plain path or `file://` (e.g. the chart's `/var/lib/kubeforge/store`) gets the
+    artifact PVC mounted at that path, so `stage.local_path()` resolves the same way inside the pod.
+    """
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    claims = _pvc_claims(uris)
+    root = settings.store_root
+    if root.startswith("pvc://"):
+        claims |= _pvc_claims(root)
+    for claim in sorted(claims):
+        vol = f"pvc-{claim}"[:63]
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": vol, "mountPath": f"{DEFAULT_PVC_ROOT}/{claim}"})
+    if root.startswith("file://") or "://" not in root:
+        path = root.removeprefix("file://").rstrip("/") or "/"
+        volumes.append({"name": "artifact-store", "persistentVolumeClaim": {"claimName": settings.artifact_pvc}})
+        mounts.append({"name": "artifact-store", "mountPath": path})
+    env: list[dict[str, Any]] = [{"name": PVC_ROOT_ENV, "value": DEFAULT_PVC_ROOT}]
+    if output is not None and output.s3_secret is not None:
+        sec = output.s3_secret
+        env.append(
+            {
+                "name": "AWS_ACCESS_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": sec.name, "key": sec.access_key_id_key}},
+            }
+        )
+        env.append(
+            {
+                "name": "AWS_SECRET_ACCESS_KEY",
+                "valueFrom": {"secretKeyRef": {"name": sec.name, "key": sec.secret_access_key_key}},
+            }
+        )
+    if output is not None and output.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": output.s3_endpoint})
+    return Storage(volumes=volumes, mounts=mounts, env=env)
+
+
+def get_deepspeed_config(spec: Any) -> dict[str, Any]:
+    """DeepSpeed JSON for a spec with `distributed`, `precision` and `hyperparameters` (pure; the trainer imports it).
+
+    Batch sizes, gradient accumulation and clipping are `auto` so the Hugging Face Trainer fills them from
+    the same hyperparameters (it rejects mismatching explicit values); ZeRO stage, offload and mixed
+    precision come from the spec. `zero_force_ds_cpu_optimizer: false` lets offload use the client AdamW
+    (DeepSpeed's CPUAdam needs a slow JIT build); ZeRO-3 gathers 16-bit weights so saving writes safetensors.
+    """
+    dist: Distributed = spec.distributed
+    precision = str(getattr(spec.precision, "value", spec.precision))
+    zero: dict[str, Any] = {
+        "stage": dist.zero_stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if dist.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = "auto"
+        zero["stage3_param_persistence_threshold"] = "auto"
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if dist.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if dist.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "steps_per_print": spec.hyperparameters.logging_steps,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "wall_clock_breakdown": False,
+    }
+
+
+def is_distributed(dist: Distributed | None) -> bool:
+    """More than one worker process: run under torchrun in an Indexed Job."""
+    return dist is not None and (dist.nodes > 1 or dist.processes_per_node > 1)
+
+
+def torchrun_command(config: StageConfig, dist: Distributed, master_addr: str) -> list[str]:
+    """The shared stage command with `python` replaced by a torchrun launcher (same module, stage and config)."""
+    cmd = stage_command(config)
+    assert cmd[0] == "python", cmd
+    return [
+        "torchrun",
+        "--nnodes",
+        str(dist.nodes),
+        "--nproc-per-node",
+        str(dist.processes_per_node),
+        "--node-rank",
+        "$(NODE_RANK)",
+        "--master-addr",
+        master_addr,
+        "--master-port",
+        str(TORCH_MASTER_PORT),
+        *cmd[1:],
+    ]
+
+
+def get_config_map(resource: KubeResource, name: str, labels: dict[str, str], data: dict[str, str]) -> Manifest:
+    """ConfigMap carrying the stage config (and the DeepSpeed JSON)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": get_metadata(resource, name, labels),
+        "data": dict(sorted(data.items())),
+    }
+
+
+def get_headless_service(resource: KubeResource, job_name: str, labels: dict[str, str]) -> Manifest:
+    """Headless Service giving Indexed Job pods stable DNS names `<job>-<index>.<svc>` for rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": get_metadata(resource, dns1035(job_name), labels),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_NAME_LABEL: job_name},
+            "ports": [{"name": "torch", "port": TORCH_MASTER_PORT, "targetPort": TORCH_MASTER_PORT}],
+        },
+    }
+
+
+def metrics_annotations(port: int | None) -> dict[str, str]:
+    """prometheus.io scrape annotations for a pod exposing metrics on `port`."""
+    if not port:
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
+def get_stage_workload(
+    resource: KubeResource,
+    config: StageConfig,
+    settings: OperatorSettings,
+    *,
+    image: str,
+    resources: Resources,
+    backoff_limit: int,
+    output: StorageLocation | None,
+    distributed: Distributed | None = None,
+    deepspeed: dict[str, Any] | None = None,
+) -> list[Manifest]:
+    """ConfigMap + (headless Service) + batch/v1 Job running one stage; ordered for creation.
+
+    The ConfigMap's `config.yaml` is `StageConfig.dump_yaml()` and the command is `stage_command(config)`,
+    the very functions the local runner uses, so a local run and a cluster run execute the same thing.
+    """
+    gen = int(resource.metadata.get("generation") or 1)
+    name = child_name(resource, config.stage, gen)
+    labels = {**get_labels(resource, config.stage), LABEL_STAGE: config.stage, LABEL_GENERATION: str(gen)}
+    data = {CONFIG_FILE: config.dump_yaml()}
+    distributed_run = is_distributed(distributed)
+    if deepspeed is not None:
+        data[DEEPSPEED_FILE] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
+    children: list[Manifest] = [get_config_map(resource, name, labels, data)]
+
+    storage = get_storage(config.to_wire(), settings, output)
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        *storage.env,
+    ]
+    if deepspeed is not None:
+        env.append({"name": DEEPSPEED_ENV, "value": f"{CONFIG_MOUNT}/{DEEPSPEED_FILE}"})
+    command = stage_command(config)
+    job_spec_extra: dict[str, Any] = {}
+    pod_extra: dict[str, Any] = {}
+    if distributed_run:
+        assert distributed is not None
+        svc = dns1035(name)
+        children.append(get_headless_service(resource, name, labels))
+        master = f"{name}-0.{svc}"
+        command = torchrun_command(config, distributed, master)
+        env += [
+            {"name": "MASTER_ADDR", "value": master},
+            {"name": "MASTER_PORT", "value": str(TORCH_MASTER_PORT)},
+            {"name": "WORLD_SIZE", "value": str(distributed.world_size)},
+            {"name": "NPROC_PER_NODE", "value": str(distributed.processes_per_node)},
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+            },
+        ]
+        job_spec_extra = {
+            "completionMode": "Indexed",
+            "completions": distributed.nodes,
+            "parallelism": distributed.nodes,
+        }
+        pod_extra = {"subdomain": svc}
+
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": name}},
+        {"name": "tmp", "emptyDir": {}},
+        *storage.volumes,
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        *storage.mounts,
+    ]
+    if distributed_run or resources.gpu:
+        # NCCL and DataLoader workers exchange tensors through /dev/shm; the 64 MiB default is too small.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+
+    container: dict[str, Any] = {
+        "name": STAGE_CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env,
+        "resources": get_resource_requirements(resources),
+        "volumeMounts": mounts,
+        "securityContext": get_container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if config.metrics_port:
+        container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
+    if distributed_run:
+        container.setdefault("ports", []).append(
+            {"name": "torch", "containerPort": TORCH_MASTER_PORT, "protocol": "TCP"}
+        )
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": get_pod_security_context(),
+        **pod_extra,
+        **get_scheduling(resources),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    pod_spec = merge_pod_overrides(pod_spec, resources.pod_overrides)
+    pod_annotations = {**metrics_annotations(config.metrics_port), **pod_annotations_from(resource)}
+    job_labels = dict(labels)
+    if resources.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = resources.queue_name
+    template_meta: dict[str, Any] = {"labels": labels}
+    if pod_annotations:
+        template_meta["annotations"] = pod_annotations
+    job: Manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": get_metadata(resource, name, job_labels, {CONFIG_DIGEST_ANNOTATION: config.digest()}),
+        "spec": {
+            "backoffLimit": backoff_limit,
+            **job_spec_extra,
+            "template": {"metadata": template_meta, "spec": pod_spec},
+        },
+    }
+    children.append(job)
+    return children

@@ -1,0 +1,31 @@
+"""Evaluation → ConfigMap + Job running the `evaluate` stage."""
+
+from __future__ import annotations
+
+from ..api.v1alpha1 import Evaluation
+from ..settings import OperatorSettings
+from ..stage import ResolvedInput, StageConfig, build_stage_config
+from .common import Manifest, get_stage_workload
+
+
+def get_stage_config(
+    resource: Evaluation, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+) -> StageConfig:
+    """The shared stage config for this Evaluation."""
+    return build_stage_config(resource, inputs, settings.store_root)
+
+
+def get_children(
+    resource: Evaluation, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+) -> list[Manifest]:
+    """Everything the stage needs, in creation order."""
+    spec = resource.spec
+    return get_stage_workload(
+        resource,
+        get_stage_config(resource, inputs, settings),
+        settings,
+        image=settings.trainer_image,
+        resources=spec.resources,
+        backoff_limit=spec.backoff_limit,
+        output=spec.output,
+    )

@@ -1,0 +1,34 @@
+"""RLHFJob → ConfigMap + Job (Indexed Job + headless Service when distributed) running the `rlhf` stage."""
+
+from __future__ import annotations
+
+from ..api.v1alpha1 import RLHFJob
+from ..settings import OperatorSettings
+from ..stage import ResolvedInput, StageConfig, build_stage_config
+from .common import Manifest, get_deepspeed_config, get_stage_workload
+
+
+def get_stage_config(
+    resource: RLHFJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+) -> StageConfig:
+    """The shared stage config for this RLHFJob."""
+    return build_stage_config(resource, inputs, settings.store_root)
+
+
+def get_children(
+    resource: RLHFJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+) -> list[Manifest]:
+    """Everything the stage needs, in creation order; DeepSpeed JSON in the ConfigMap when requested."""
+    spec = resource.spec
+    deepspeed = get_deepspeed_config(spec) if spec.distributed.strategy == "deepspeed" else None
+    return get_stage_workload(
+        resource,
+        get_stage_config(resource, inputs, settings),
+        settings,
+        image=settings.trainer_image,
+        resources=spec.resources,
+        backoff_limit=spec.backoff_limit,
+        output=spec.output,
+        distributed=spec.distributed,
+        deepspeed=deepspeed,
+    )

@@ -1,0 +1,53 @@
+"""Dataset controller: thin kopf handlers over the shared level-triggered reconcile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from ..api.v1alpha1 import GROUP, VERSION, KubeResource
+from ..builders import dataset as builders
+from ..stage import ResolvedInput, StageResult
+from . import common
+
+PLURAL = "datasets"
+
+
+def lift_dataset(
+    w: common.StatusWriter, resource: KubeResource, result: StageResult | None, out_uri: str,
+    inputs: dict[str, ResolvedInput],
+) -> None:
+    """Dataset status: artifactUri, digest, counts/removed/statistics from the stage details."""
+    artifact = result.artifact if result is not None else None
+    w.fields["artifactUri"] = artifact.uri if artifact is not None else out_uri
+    if artifact is not None and artifact.digest:
+        w.fields["digest"] = artifact.digest
+    for key, value in ((result.details if result is not None else None) or {}).items():
+        w.fields[key] = value
+    if result is not None and result.lineage:
+        w.fields["lineage"] = [entry.to_wire() for entry in result.lineage]
+    elif inputs:
+        w.fields["lineage"] = list(common.iter_lineage(inputs))
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
+async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Create/update/resume: one reconcile pass (idempotent, so resume after restart is safe)."""
+    await common.reconcile_stage(body, patch, builder=builders.get_children, lift=lift_dataset)
+
+
+@kopf.timer(
+    GROUP, VERSION, PLURAL, id="poll", interval=common.settings().poll_interval,
+    initial_delay=common.settings().poll_interval, when=common.unsettled,
+)
+async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """While dependencies or the Job are not finished, look again (stops once Succeeded is final)."""
+    await common.reconcile_stage(body, patch, builder=builders.get_children, lift=lift_dataset)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="track")
+def track(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the kubeforge_resources gauge current."""
+    common.track(body, type, common.SUCCEEDED)

@@ -1,0 +1,174 @@
+"""Thin async access to the API server for children and dependencies.
+
+The sync `kubernetes` client runs in worker threads (`asyncio.to_thread`), so the kopf event loop never
+blocks. Requests are built generically from apiVersion/kind, which keeps one code path for every child
+kind: create (409 = already there), server-side apply, get, list, delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+from urllib.parse import urlencode
+
+from kubernetes import client, config
+
+from ..api.v1alpha1 import GROUP, KINDS, VERSION
+
+FIELD_MANAGER = "kubeforge-operator"
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Pod": "pods",
+    "Event": "events",
+    "Job": "jobs",
+    "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    **{kind: model.PLURAL for kind, model in KINDS.items()},
+}
+
+_lock = threading.Lock()
+_client: client.ApiClient | None = None
+
+
+class KubeError(RuntimeError):
+    """A request failed; `status` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def api_client() -> client.ApiClient:
+    """One shared client: in-cluster config when inside a pod, else KUBECONFIG / ~/.kube/config."""
+    global _client
+    with _lock:
+        if _client is None:
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+                _client = client.ApiClient()
+            except config.ConfigException:
+                _client = config.new_client_from_config()  # type: ignore[no-untyped-call]
+            pool = _client.configuration
+            pool.connection_pool_maxsize = max(pool.connection_pool_maxsize or 0, 32)
+        return _client
+
+
+def reset_client() -> None:
+    """Forget the client (tests point the operator at another cluster)."""
+    global _client
+    with _lock:
+        _client = None
+
+
+def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """REST path of a collection or object."""
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{PLURALS[kind]}"
+    return f"{base}/{name}" if name else base
+
+
+def _request(
+    method: str,
+    url_path: str,
+    body: Any = None,
+    query: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> Any:
+    api = api_client()
+    url = api.configuration.host + url_path + (f"?{urlencode(query)}" if query else "")
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    api.update_params_for_auth(headers, None, ["BearerToken"], url_path, method, body)
+    resp = api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+    data = resp.read()  # type: ignore[no-untyped-call]
+    if resp.status >= 300:
+        try:
+            message = json.loads(data).get("message", data)
+        except (ValueError, AttributeError):
+            message = data
+        raise KubeError(resp.status, str(message))
+    return json.loads(data) if data else None
+
+
+def _get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(_request("GET", path(api_version, kind, namespace, name)))
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object, or None when it does not exist."""
+    return await asyncio.to_thread(_get, api_version, kind, namespace, name)
+
+
+async def get_kubeforge(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A Kubeforge object by kind."""
+    return await get(f"{GROUP}/{VERSION}", kind, namespace, name)
+
+
+def _create(manifest: dict[str, Any]) -> bool:
+    meta = manifest["metadata"]
+    try:
+        _request("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), manifest)
+        return True
+    except KubeError as exc:
+        if exc.status == 409:
+            return False
+        raise
+
+
+async def create(manifest: dict[str, Any]) -> bool:
+    """Create; False when it already existed (deterministic names make this idempotent)."""
+    return await asyncio.to_thread(_create, manifest)
+
+
+def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
+    meta = manifest["metadata"]
+    url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+    out = _request(
+        "PATCH",
+        url,
+        json.dumps(manifest),
+        {"fieldManager": FIELD_MANAGER, "force": "true"},
+        "application/apply-patch+yaml",
+    )
+    return dict(out)
+
+
+async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply (create or converge), owning exactly the fields the builder rendered."""
+    return await asyncio.to_thread(_apply, manifest)
+
+
+def _delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    try:
+        _request(
+            "DELETE", path(api_version, kind, namespace, name), {"propagationPolicy": "Background"}
+        )
+        return True
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+async def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    """Delete with background propagation; False when already gone."""
+    return await asyncio.to_thread(_delete, api_version, kind, namespace, name)
+
+
+def _list(api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    out = _request("GET", path(api_version, kind, namespace), query={"labelSelector": selector})
+    return list(out.get("items") or [])
+
+
+async def list_objects(api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Objects matching a label selector."""
+    return await asyncio.to_thread(_list, api_version, kind, namespace, selector)

@@ -1,0 +1,190 @@
+"""ModelDeployment controller: conversion Job, then (only once every gate Evaluation passed) Triton serving.
+
+Conditions: DependenciesReady (inputs and gate), ModelExported (conversion Job), Ready (serving). Ready is
+False with reason GatePending/GateFailed naming the Evaluation that blocks; no Deployment exists before the
+gate is open. Canary: the new version runs as `<name>-canary` beside the stable one and is promoted after
+`rollout.promoteAfterSeconds` of being Ready.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
+from ..api.v1alpha1.common import now_rfc3339
+from ..builders import modeldeployment as builders
+from ..builders.common import child_name
+from ..stage import output_uri
+from . import common, kube
+
+PLURAL = "modeldeployments"
+
+
+async def _conversion(
+    w: common.StatusWriter, md: ModelDeployment, report: common.DependencyReport
+) -> str | None:
+    """Drive the conversion Job; returns the model repository URI once exported."""
+    s = common.settings()
+    job_name = child_name(md, "convert")
+    job = await kube.get("batch/v1", "Job", md.namespace, job_name)
+    if job is None:
+        await common.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
+        await common.create_children(builders.get_conversion_children(md, report.inputs, s))
+        w.fields["jobName"] = job_name
+        w.fields["lineage"] = list(common.iter_lineage(report.inputs))
+        w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
+        w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
+        return None
+    exported = w.condition(common.MODEL_EXPORTED)
+    if exported and exported.get("observedGeneration") == w.generation and exported.get("status") == "True":
+        repo = (w.body.get("status") or {}).get("modelRepository")
+        if repo:
+            return str(repo)
+    state, reason, message = common.job_state(job)
+    if state == "Running":
+        w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
+        return None
+    result, text = await common.read_result(job, s.test_hooks)
+    if state == "Failed" or (result is not None and not result.succeeded):
+        why = (result.message if result is not None else "") or text or message
+        w.set(common.MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
+              f"Job {job_name} failed: {why}")
+        return None
+    details = dict((result.details if result is not None else None) or {})
+    repo = str(details.get("modelRepository") or output_uri(md, s.store_root))
+    w.fields["modelRepository"] = repo
+    if result is not None and result.artifact is not None and result.artifact.digest:
+        w.fields["modelDigest"] = result.artifact.digest
+    if isinstance(details.get("conversion"), dict):
+        w.fields["conversion"] = details["conversion"]
+    w.set(common.MODEL_EXPORTED, "True", "Exported", f"model repository at {repo}")
+    return repo
+
+
+async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None:
+    """Apply Service/Deployments/HPA for the current version; run the canary and promote it."""
+    s = common.settings()
+    status = w.body.get("status") or {}
+    version = f"g{w.generation}"
+    served = status.get("servedVersion")
+    served_repo = status.get("servedModelRepository") or repo
+    canary = md.spec.rollout.strategy == "canary" and served is not None and served != version
+    if canary:
+        children = builders.get_serving_children(
+            md, s, stable_version=str(served), stable_repository=str(served_repo), canary_version=version,
+            canary_repository=repo,
+        )
+    else:
+        children = builders.get_serving_children(md, s, stable_version=version, stable_repository=repo)
+    applied: dict[str, dict[str, Any]] = {}
+    for child in children:
+        applied[child["metadata"]["name"] + "/" + child["kind"]] = await kube.apply(child)
+    if not canary:
+        await kube.delete("apps/v1", "Deployment", md.namespace, builders.deployment_name(md, builders.CANARY))
+        if served != version:
+            msg = f"serving {version} from {repo}"
+            kopf.event(common.as_body(w.body), type="Normal", reason="Deployed", message=msg)
+        w.fields.update(servedVersion=version, servedModelRepository=repo, canaryVersion=None,
+                        canaryReadySince=None)
+    else:
+        w.fields["canaryVersion"] = version
+        canary_obj = applied[f"{builders.deployment_name(md, builders.CANARY)}/Deployment"]
+        want = canary_obj.get("spec", {}).get("replicas", 1)
+        ready = (canary_obj.get("status") or {}).get("readyReplicas", 0) or 0
+        if ready >= want:
+            since = status.get("canaryReadySince") or now_rfc3339()
+            w.fields["canaryReadySince"] = since
+            started = common.parse_time(since) or datetime.now(UTC)
+            if (datetime.now(UTC) - started).total_seconds() >= md.spec.rollout.promote_after_seconds:
+                for child in builders.get_serving_children(md, s, stable_version=version, stable_repository=repo):
+                    applied[child["metadata"]["name"] + "/" + child["kind"]] = await kube.apply(child)
+                await kube.delete("apps/v1", "Deployment", md.namespace,
+                                  builders.deployment_name(md, builders.CANARY))
+                msg = f"canary {version} promoted to stable"
+                kopf.event(common.as_body(w.body), type="Normal", reason="Promoted", message=msg)
+                w.fields.update(servedVersion=version, servedModelRepository=repo, canaryVersion=None,
+                                canaryReadySince=None)
+                canary = False
+        else:
+            w.fields["canaryReadySince"] = None
+    stable = applied[f"{builders.deployment_name(md, builders.STABLE)}/Deployment"]
+    ready_replicas = int((stable.get("status") or {}).get("readyReplicas") or 0)
+    w.fields["readyReplicas"] = ready_replicas
+    w.fields["endpoints"] = builders.endpoints(md)
+    served_now = w.fields.get("servedVersion", served)
+    if ready_replicas >= 1:
+        reason = "CanaryInProgress" if canary else "Serving"
+        extra = f"; canary {version} beside it" if canary else ""
+        w.set(common.READY, "True", reason, f"serving {served_now} ({ready_replicas} ready replicas){extra}")
+    else:
+        w.set(common.READY, "False", "Progressing", f"waiting for Triton pods of {served_now} to become Ready")
+
+
+async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
+    """One pass: validate → inputs → conversion → gate → serving."""
+    body = common.plain(body_in)
+    async with common.measured("ModelDeployment") as box, common.object_lock(str(body["metadata"].get("uid"))):
+        w = common.StatusWriter.for_body(body)
+        resource, error = common.validate(body)
+        if resource is None:
+            w.set(common.READY, "False", "InvalidSpec", error)
+            box["outcome"] = "invalid"
+            w.flush(patch)
+            return
+        assert isinstance(resource, ModelDeployment)
+        report = await common.resolve_dependencies(resource, common.settings().store_root)
+        if not common.apply_dependency_conditions(w, report, resource.kind, common.READY):
+            if not report.failed:
+                w.set(common.READY, "False", "WaitingForDependencies", report.waiting_message())
+            box["outcome"] = "waiting"
+            w.flush(patch)
+            return
+        repo = await _conversion(w, resource, report)
+        if report.gate_failed:
+            msg = "; ".join(report.gate_failed)
+            w.set(common.DEPENDENCIES_READY, "False", "GateFailed", msg)
+            w.set(common.READY, "False", "GateFailed", f"blocked by gate: {msg}")
+            box["outcome"] = "blocked"
+        elif report.gate_pending:
+            msg = "; ".join(report.gate_pending)
+            w.set(common.DEPENDENCIES_READY, "False", "GatePending", f"waiting for gate: {msg}")
+            w.set(common.READY, "False", "GatePending", f"waiting for gate: {msg}")
+            box["outcome"] = "waiting"
+        else:
+            w.set(common.DEPENDENCIES_READY, "True", "DependenciesSucceeded", "inputs succeeded and gate passed")
+            exported = w.condition(common.MODEL_EXPORTED) or {}
+            if repo is not None:
+                await _serve(w, resource, repo)
+            elif exported.get("status") == "False":
+                w.set(common.READY, "False", "ConversionFailed", str(exported.get("message", "")))
+                box["outcome"] = "failed"
+            else:
+                w.set(common.READY, "False", "Converting", "waiting for the conversion Job")
+                box["outcome"] = "running"
+        w.flush(patch)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
+async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Create/update/resume: one reconcile pass."""
+    await reconcile_md(body, patch)
+
+
+@kopf.timer(
+    GROUP, VERSION, PLURAL, id="poll", interval=common.settings().poll_interval,
+    initial_delay=common.settings().poll_interval,
+)
+async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Serving is never finished: readiness, canary promotion and the gate are re-checked periodically."""
+    await reconcile_md(body, patch)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="track")
+def track(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the kubeforge_resources gauge current."""
+    common.track(body, type, common.READY)

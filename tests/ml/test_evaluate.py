@@ -1,0 +1,347 @@
+"""The evaluate stage on tiny local models: every task type, reports, thresholds, independent checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeforge_trainer import dataio, evaluate, metrics
+from kubeforge_trainer.runtime import ProgressReporter, StageError
+
+pytestmark = pytest.mark.ml
+
+COLORS = {"sky": "blue", "grass": "green", "sun": "yellow", "snow": "white", "coal": "black", "blood": "red"}
+LEGS = {"cat": 4, "bird": 2, "spider": 8, "fish": 0, "ant": 6, "cow": 4}
+EOS = "<|eos|>"
+
+
+def mc_records() -> list[dict[str, Any]]:
+    """MMLU-style: 4 options, the answer as an index or a letter."""
+    palette = sorted(set(COLORS.values()))
+    out = []
+    for i, (thing, color) in enumerate(sorted(COLORS.items())):
+        wrong = [c for c in palette if c != color][i % 3 : i % 3 + 3]
+        choices = sorted([color, *wrong])
+        gold = choices.index(color)
+        out.append(
+            {"question": f"What color is the {thing}?", "choices": choices, "answer": "ABCD"[gold] if i % 2 else gold}
+        )
+    return out
+
+
+def numeric_records() -> list[dict[str, Any]]:
+    """GSM8K-style: reasoning text, then `#### n`."""
+    return [
+        {"question": f"How many legs does a {a} have?", "answer": f"A {a} walks on legs.\n#### {n}"}
+        for a, n in sorted(LEGS.items())
+    ]
+
+
+def generation_records() -> list[dict[str, Any]]:
+    return [{"prompt": f"What color is the {t}? Answer:", "completion": f" {c}."} for t, c in sorted(COLORS.items())]
+
+
+def training_texts() -> list[str]:
+    """What the tiny LM memorises: the three task formats above, each ending in EOS."""
+    texts = [r["prompt"] + r["completion"] + EOS for r in generation_records()]
+    for r in mc_records():
+        gold = evaluate.answer_index(r["answer"], r["choices"], 0)
+        texts.append(evaluate.MC_PROMPT.format(question=r["question"]) + " " + r["choices"][gold] + EOS)
+    for a, n in LEGS.items():
+        texts.append(evaluate.NUMERIC_PROMPT.format(question=f"How many legs does a {a} have?") + f" {n}" + EOS)
+    return texts
+
+
+def _train(model: Any, batches: Callable[[], dict[str, Any]], steps: int, lr: float = 3e-3) -> None:
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batches()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_lm(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A 2-layer LLaMA trained (plain torch, ~3 s) until it reproduces `training_texts()`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    enc = tok(training_texts(), padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    _train(model, lambda: {**enc, "labels": labels}, steps=200)
+    out = tmp_path_factory.mktemp("trained-lm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+CLS_TEXTS = [(f"this {w} is good and fine", "positive") for w in ("cat", "dog", "owl", "cow", "fox", "bee")] + [
+    (f"that {w} is bad and awful", "negative") for w in ("cat", "dog", "owl", "cow", "fox", "bee")
+]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A tiny LLaMA sequence classifier with named labels, trained to separate CLS_TEXTS."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id, num_labels=2,
+        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+    )
+    model = LlamaForSequenceClassification(cfg)
+    enc = tok([t for t, _ in CLS_TEXTS], padding=True, return_tensors="pt")
+    labels = torch.tensor([cfg.label2id[lab] for _, lab in CLS_TEXTS])
+    _train(model, lambda: {**enc, "labels": labels}, steps=60)
+    out = tmp_path_factory.mktemp("classifier")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A random single-output LLaMA regression head."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(1)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id, num_labels=1,
+    )
+    out = tmp_path_factory.mktemp("regressor")
+    LlamaForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def dataset(root: Path, records: list[dict[str, Any]], split: str = "test") -> Path:
+    """A prepared-Dataset directory holding `records` as one split (others empty)."""
+    schema = dataio.schema_for(records, list(records[0]))
+    for s in dataio.SPLITS:
+        dataio.write_split(root, s, records if s == split else [], schema)
+    return root
+
+
+def run_eval(
+    make_stage_config: Callable[..., Any], tmp_path: Path, model: Path, data: Path, spec: dict[str, Any]
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    full = {"model": {"uri": str(model)}, "dataset": {"name": "d", "split": "test"}, **spec}
+    cfg = make_stage_config("Evaluation", full, tmp_path / "out", inputs={"model": model, "dataset": data})
+    result = evaluate.run(cfg, ProgressReporter(cfg))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert result.succeeded and result.details is not None
+    assert result.details["sampleCount"] == report["sampleCount"] == len(samples)
+    assert result.details["reportUri"].endswith("/report.json")
+    assert result.metrics == report["metrics"]
+    assert result.artifact is not None and result.artifact.digest
+    return result, report, samples
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_classification_thresholds_and_independent_argmax(
+    make_stage_config: Callable[..., Any], tmp_path: Path, classifier: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    data = dataset(tmp_path / "data", [{"text": t, "label": lab} for t, lab in CLS_TEXTS])
+    spec = {
+        "taskType": "classification",
+        "metrics": ["accuracy", "f1", "precision", "recall"],
+        "thresholds": [{"metric": "accuracy", "min": 0.9}, {"metric": "f1", "max": 0.5}],
+    }
+    result, report, samples = run_eval(make_stage_config, tmp_path, classifier, data, spec)
+    # independent: one unpadded forward pass per text
+    model = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    tok = AutoTokenizer.from_pretrained(classifier)
+    with torch.no_grad():
+        expected = [model.config.id2label[int(model(**tok(t, return_tensors="pt")).logits.argmax())] for t, _ in CLS_TEXTS]
+    assert [s["prediction"] for s in samples] == expected
+    assert [s["reference"] for s in samples] == [lab for _, lab in CLS_TEXTS]
+    assert result.metrics["accuracy"] == pytest.approx(sum(e == lab for e, (_, lab) in zip(expected, CLS_TEXTS)) / 12)
+    assert result.metrics["accuracy"] >= 0.9  # the trained classifier separates the two classes
+    assert result.details["passed"] is False
+    assert result.details["failedThresholds"] == [f"f1 {result.metrics['f1']:.6g} (want <= 0.5)"]
+    assert [t["passed"] for t in report["thresholds"]] == [True, False]
+    assert (tmp_path / "out" / "plot.png").stat().st_size > 1000
+
+
+def test_classification_passes_and_max_samples(
+    make_stage_config: Callable[..., Any], tmp_path: Path, classifier: Path
+) -> None:
+    data = dataset(tmp_path / "data", [{"text": t, "label": int(lab == "positive")} for t, lab in CLS_TEXTS])
+    spec = {"taskType": "classification", "metrics": ["accuracy"], "maxSamples": 5,
+            "thresholds": [{"metric": "accuracy", "min": 0.5}]}
+    result, report, samples = run_eval(make_stage_config, tmp_path, classifier, data, spec)
+    assert len(samples) == 5 and report["sampleCount"] == 5
+    assert result.details["passed"] is True and result.details["failedThresholds"] == []
+    assert set(result.metrics) == {"accuracy"}
+
+
+def test_unknown_label_is_one_line_error(
+    make_stage_config: Callable[..., Any], tmp_path: Path, classifier: Path
+) -> None:
+    data = dataset(tmp_path / "data", [{"text": "x", "label": "neutral"}])
+    with pytest.raises(StageError, match=r"label 'neutral' is not one of the model's labels \['negative', 'positive'\]"):
+        run_eval(make_stage_config, tmp_path, classifier, data, {"taskType": "classification", "metrics": ["f1"]})
+
+
+def test_regression_matches_unpadded_forward(
+    make_stage_config: Callable[..., Any], tmp_path: Path, regressor: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    recs = [{"text": t, "value": float(i) / 3} for i, (t, _) in enumerate(CLS_TEXTS)]
+    data = dataset(tmp_path / "data", recs)
+    spec = {"taskType": "regression", "metrics": ["mse", "rmse", "mae"], "thresholds": [{"metric": "mse", "max": 1e6}]}
+    result, _, samples = run_eval(make_stage_config, tmp_path, regressor, data, spec)
+    model = AutoModelForSequenceClassification.from_pretrained(regressor).eval()
+    tok = AutoTokenizer.from_pretrained(regressor)
+    with torch.no_grad():
+        preds = [float(model(**tok(r["text"], return_tensors="pt")).logits[0, 0]) for r in recs]
+    assert [s["prediction"] for s in samples] == pytest.approx(preds, abs=1e-5)
+    expected = metrics.regression([r["value"] for r in recs], preds)
+    assert result.metrics == pytest.approx(expected, abs=1e-5)
+    assert result.details["passed"] is True
+
+
+def test_generation_trained_model_scores_high(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    data = dataset(tmp_path / "data", generation_records())
+    spec = {
+        "taskType": "generation",
+        "metrics": ["bleu", "nist", "rouge1", "rouge2", "rougeL", "exact_match"],
+        "generation": {"maxNewTokens": 8},
+        "thresholds": [{"metric": "exact_match", "min": 0.99}, {"metric": "bleu", "min": 101}],
+    }
+    result, _, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    assert [s["prediction"] for s in samples] == [r["completion"].strip() for r in generation_records()]
+    assert result.metrics["exact_match"] == 1.0 and result.metrics["rougeL"] == pytest.approx(1.0)
+    assert result.metrics["bleu"] == pytest.approx(metrics.bleu([s["prediction"] for s in samples],
+                                                                [s["reference"] for s in samples]))
+    assert result.details["failedThresholds"] == [f"bleu {result.metrics['bleu']:.6g} (want >= 101)"]
+
+
+def test_language_modeling_perplexity_matches_hf_loss(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["the cat sat on the mat.", "What color is the sky? Answer: blue.", "ok"]
+    data = dataset(tmp_path / "data", [{"text": t} for t in texts])
+    spec = {"taskType": "language-modeling", "metrics": ["perplexity"], "thresholds": [{"metric": "perplexity", "max": 1e9}]}
+    result, report, _ = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
+    tok = AutoTokenizer.from_pretrained(trained_lm)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for t in texts:  # token-weighted mean of HF's own per-text loss
+            ids = tok(t, return_tensors="pt")["input_ids"]
+            if ids.shape[1] > 1:
+                nll += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+                n += ids.shape[1] - 1
+    assert report["tokens"] == n
+    assert result.metrics["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    # the memorised sentence is far more likely than the unseen one
+    _, _, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    assert samples[1]["score"] < samples[0]["score"]
+
+
+def test_multiple_choice_picks_most_likely_option(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path, tiny_llama_dir: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recs = mc_records()
+    data = dataset(tmp_path / "data", recs)
+    spec = {"taskType": "multiple-choice", "metrics": ["accuracy"], "thresholds": [{"metric": "accuracy", "min": 0.9}]}
+    result, report, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    assert report["chanceAccuracy"] == pytest.approx(0.25)
+    assert result.metrics["accuracy"] == 1.0 and result.details["passed"] is True  # far above chance
+    # deterministic check: the summed option log-likelihood, recomputed one sequence at a time
+    model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
+    tok = AutoTokenizer.from_pretrained(trained_lm)
+    for r, s in zip(recs, samples, strict=True):
+        ctx_len = len(tok(evaluate.MC_PROMPT.format(question=r["question"]))["input_ids"])
+        lls = []
+        for c in r["choices"]:
+            ids = tok(evaluate.MC_PROMPT.format(question=r["question"]) + " " + c, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            lls.append(float(logp[torch.arange(ctx_len - 1, ids.shape[1] - 1), ids[0, ctx_len:]].sum()))
+        assert s["loglikelihoods"] == pytest.approx(lls, abs=1e-4)
+        assert s["prediction"] == max(range(len(lls)), key=lls.__getitem__)
+    # an untrained model is not better than guessing on this set
+    out = tmp_path / "random"
+    out.mkdir()
+    random_result, _, _ = run_eval(make_stage_config, out, tiny_llama_dir, data, spec)
+    assert random_result.metrics["accuracy"] < result.metrics["accuracy"]
+
+
+def test_numeric_answer(make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path) -> None:
+    data = dataset(tmp_path / "data", numeric_records())
+    spec = {
+        "taskType": "numeric-answer",
+        "metrics": ["accuracy", "exact_match"],
+        "generation": {"maxNewTokens": 6},
+        "thresholds": [{"metric": "accuracy", "min": 0.8}],
+    }
+    result, _, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    assert [s["reference"] for s in samples] == [str(n) for _, n in sorted(LEGS.items())]
+    assert result.metrics["accuracy"] == pytest.approx(sum(s["score"] for s in samples) / len(samples))
+    assert result.metrics["accuracy"] >= 0.8 and result.details["passed"] is True
+    assert result.metrics["exact_match"] == pytest.approx(
+        sum(s["generated"] == s["reference"] for s in samples) / len(samples)
+    )
+
+
+def test_missing_column_via_cli(make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path) -> None:
+    """`python -m kubeforge_trainer evaluate`: exit 1 and a one-line result naming the missing column."""
+    data = dataset(tmp_path / "data", [{"text": "no question here"}])
+    spec = {"model": {"uri": str(trained_lm)}, "dataset": {"name": "d", "split": "test"},
+            "taskType": "multiple-choice", "metrics": ["accuracy"]}
+    cfg = make_stage_config("Evaluation", spec, tmp_path / "out", inputs={"model": trained_lm, "dataset": data})
+    (tmp_path / "config.yaml").write_text(cfg.dump_yaml())
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeforge_trainer", "evaluate", "--config", str(tmp_path / "config.yaml")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["succeeded"] is False and result["reason"] == "MissingColumn"
+    assert "'question'" in result["message"] and "['text']" in result["message"]

@@ -1,0 +1,136 @@
+"""`reward` stage (RewardModel): a pairwise (Bradley-Terry) reward model with TRL's RewardTrainer.
+
+Starts from a causal LM (e.g. an SFT output; adapters are merged first) or an encoder (BERT-like;
+its [SEP] stands in for the missing eos), adds a scalar head (`num_labels=1`), and reports the
+validation pairwise accuracy before (`pairwise_accuracy_initial`) and after (`pairwise_accuracy`).
+The artifact is always a full sequence-classification model (LoRA/IA3 adapters are merged, and
+kept under `adapter/`), so RLHF loads it with one `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeforge.api.v1alpha1.common import PeftMethod
+from kubeforge.api.v1alpha1.rewardmodel import RewardModelSpec
+from kubeforge.stage import StageConfig, StageResult, local_path
+
+from . import modelio
+from .callbacks import ProgressCallback
+from .runtime import ProgressReporter, StageError
+from .stagecommon import (
+    apply_peft,
+    check_device,
+    checkpoint_dir,
+    finish,
+    input_model_uri,
+    quantization_config,
+    read_split,
+    require_columns,
+    resume_point,
+    training_kwargs,
+)
+
+PREFERENCE_COLUMNS = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
+
+
+def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
+    """Train the reward model, measure pairwise accuracy, save a full model."""
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    spec: RewardModelSpec = config.typed().spec  # type: ignore[attr-defined]
+    check_device(spec)
+    if spec.peft.method in (PeftMethod.PREFIX, PeftMethod.PROMPT):
+        raise StageError(
+            f"spec.peft.method {spec.peft.method.value} is not supported for reward models: use lora, ia3, freeze or none"
+        )
+
+    split = spec.dataset.split
+    train_ds = read_split(config, split, required=True)
+    assert train_ds is not None
+    cols = require_columns(train_ds, PREFERENCE_COLUMNS, "a reward model", split)
+    train_ds = train_ds.select_columns(list(cols))
+    eval_ds = read_split(config, spec.dataset.eval_split, required=False) if spec.dataset.eval_split else None
+    if eval_ds is not None:
+        eval_ds = eval_ds.select_columns(list(cols)) if set(cols) <= set(eval_ds.column_names) else None
+
+    ckpt = checkpoint_dir(config)
+    base_uri = input_model_uri(config)
+    base_dir = modelio.full_model_dir(modelio.model_location(base_uri), scratch=str(ckpt / "base-merged"))
+    tok_loc = modelio.model_location(spec.tokenizer.uri) if spec.tokenizer.uri else base_dir
+    tok = modelio.load_tokenizer(tok_loc, trust_remote_code=spec.model.trust_remote_code)
+    eos = tok.eos_token or tok.sep_token
+    if eos is None:
+        raise StageError(f"the tokenizer at {tok_loc} has neither an eos nor a sep token: set spec.tokenizer.uri")
+
+    args = RewardConfig(
+        **training_kwargs(spec, config, ckpt, has_eval=eval_ds is not None, deepspeed=None),
+        max_length=spec.hyperparameters.max_length,
+        eos_token=eos,
+        center_rewards_coefficient=spec.center_rewards_coefficient,
+    )
+    try:
+        model: Any = AutoModelForSequenceClassification.from_pretrained(
+            base_dir,
+            num_labels=1,
+            trust_remote_code=spec.model.trust_remote_code,
+            quantization_config=quantization_config(spec.peft),
+        )
+    except (OSError, ValueError) as exc:
+        raise StageError(
+            f"cannot build a sequence-classification reward model from {base_uri}: {str(exc).splitlines()[0]}"
+        ) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model = apply_peft(model, spec.peft, "SEQ_CLS")
+
+    callback = ProgressCallback(reporter)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        callbacks=[callback],
+    )
+    resume = resume_point(ckpt, spec.checkpointing.resume)
+    initial = None
+    if eval_ds is not None and resume is None:
+        initial = trainer.evaluate().get("eval_accuracy", callback.last("eval_accuracy"))
+    output = trainer.train(resume_from_checkpoint=resume)
+    metrics: dict[str, float | None] = {
+        "train_loss": callback.last("loss") if callback.last("loss") is not None else output.training_loss,
+        "train_loss_mean": output.training_loss,
+        "global_step": float(trainer.state.global_step),
+        "tokens_per_second": callback.tokens_per_second,
+        "pairwise_accuracy_initial": initial,
+    }
+    if eval_ds is not None:
+        ev = trainer.evaluate()
+        metrics["eval_loss"] = ev.get("eval_loss")
+        metrics["pairwise_accuracy"] = ev.get("eval_accuracy", callback.last("eval_accuracy"))
+        metrics["reward_margin"] = ev.get("eval_margin", callback.last("eval_margin"))
+    else:
+        metrics["pairwise_accuracy"] = callback.last("accuracy")  # training batches: no validation split
+
+    out = local_path(config.output_uri)
+    final = trainer.accelerator.unwrap_model(trainer.model)
+    if spec.peft.method in (PeftMethod.LORA, PeftMethod.QLORA, PeftMethod.IA3):
+        final.save_pretrained(out / modelio.ADAPTER_DIR)
+        final = final.merge_and_unload()
+    final.save_pretrained(out)
+    tok.save_pretrained(out)
+    modelio.write_manifest(
+        out, layout="full", task="sequence-classification", peft=spec.peft.method.value, baseModel=base_uri
+    )
+    acc = metrics.get("pairwise_accuracy")
+    return finish(
+        config,
+        reporter,
+        callback,
+        metrics,
+        ckpt,
+        f"reward model trained for {trainer.state.global_step} steps"
+        + (f", pairwise accuracy {acc:.3f}" if acc is not None else ""),
+    )
