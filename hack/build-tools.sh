@@ -86,7 +86,7 @@ build_etcd() {
 
 build_plain() {  # name module-path version binaries...
   local name="$1" module="$2" version="$3"; shift 3
-  if stamp_ok "$name" "$name-$version"; then log "$name $version: cached"; return; fi
+  if stamp_ok "$name" "$name-$version" && [[ -x "$BIN/$name" ]]; then log "$name $version: cached"; return; fi
   log "building $name $version"
   for pkg in "$@"; do GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "$module/$pkg@$version"; done
   stamp_set "$name" "$name-$version"
@@ -94,6 +94,9 @@ build_plain() {  # name module-path version binaries...
 
 main() {
   local start=$SECONDS
+  # One build at a time: test sessions starting together must not both write the same binaries.
+  exec 8>"$TOOLS_DIR/.build.lock"
+  flock 8
   build_plain kwok sigs.k8s.io/kwok "$KWOK_VERSION" cmd/kwok cmd/kwokctl
   build_plain helm helm.sh/helm/v3 "$HELM_VERSION" cmd/helm
   build_etcd

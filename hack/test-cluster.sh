@@ -210,8 +210,10 @@ wait_ready() {
 cmd_up() {
   ensure_tools
   mkdir -p "$KWOK_WORKDIR"
-  exec 9>"$KWOK_WORKDIR/.$CLUSTER_NAME.lock"
-  flock 9  # two test sessions starting at once share one cluster
+  # Two test sessions starting at once share one cluster. Every kwokctl call below closes fd 9
+  # (`9>&-`): the daemons it starts must not inherit the lock, or they would hold it forever.
+  exec 9>"$KWOK_WORKDIR/$CLUSTER_NAME.up.lock"
+  flock 9
   if api_ready; then
     wait_ready || { save_logs; die "cluster $CLUSTER_NAME answers but is not healthy"; }
     log "cluster $CLUSTER_NAME already up"
@@ -220,33 +222,48 @@ cmd_up() {
   local start=$SECONDS
   if [[ -d "$CLUSTER_DIR" ]]; then  # left over (e.g. after a reboot): restart, else recreate
     log "restarting existing cluster $CLUSTER_NAME"
-    if "$BIN/kwokctl" start cluster --name "$CLUSTER_NAME" >&2 && wait_ready; then
+    if "$BIN/kwokctl" start cluster --name "$CLUSTER_NAME" >&2 9>&- && wait_ready; then
       log "cluster $CLUSTER_NAME up in $((SECONDS - start))s"
       echo "$KUBECONFIG_PATH"; return
     fi
     log "restart failed; recreating"
     save_logs
-    "$BIN/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "" >&2 || true
-    rm -rf "$CLUSTER_DIR"
+    delete_cluster 9>&-
   fi
   local cfg="$KWOK_WORKDIR/$CLUSTER_NAME.kwokctl.yaml"
   write_config "$cfg"
   log "creating cluster $CLUSTER_NAME (Kubernetes $K8S_VERSION, workdir $CLUSTER_DIR)"
   if ! "$BIN/kwokctl" create cluster --name "$CLUSTER_NAME" --config "$cfg" --kubeconfig "" \
-       --timeout "${READY_TIMEOUT}s" >&2; then
-    save_logs; die "kwokctl create cluster failed"
+       --timeout "${READY_TIMEOUT}s" >&2 9>&-; then
+    save_logs; delete_cluster 9>&-; die "kwokctl create cluster failed"
   fi
-  wait_ready || { save_logs; die "cluster $CLUSTER_NAME did not become ready"; }
+  wait_ready || { save_logs; delete_cluster 9>&-; die "cluster $CLUSTER_NAME did not become ready"; }
   log "cluster $CLUSTER_NAME up in $((SECONDS - start))s"
   echo "$KUBECONFIG_PATH"
 }
 
-cmd_down() {
-  if [[ -x "$BIN/kwokctl" && -d "$CLUSTER_DIR" ]]; then
-    PATH="$BIN:$PATH" "$BIN/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "" >&2 \
-      || log "kwokctl delete cluster failed; removing $CLUSTER_DIR anyway"
+# Stop the components and remove the working directory. `--kubeconfig` names the cluster's own file
+# (an empty value is an error for delete), so ~/.kube/config is never touched. If kwokctl fails, the
+# processes recorded in its pid files are stopped directly so no daemon outlives the cluster.
+delete_cluster() {
+  [[ -d "$CLUSTER_DIR" ]] || return 0
+  if ! PATH="$BIN:$PATH" "$BIN/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_PATH" >&2; then
+    log "kwokctl delete cluster failed; stopping the processes in $CLUSTER_DIR/pids"
+    local f pid
+    for f in "$CLUSTER_DIR"/pids/*.pid; do
+      [[ -f "$f" ]] || continue
+      pid="$(cat "$f")"
+      # Only a process running a binary from this cluster's workdir (pid files can be stale).
+      if [[ "$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1)" == "$CLUSTER_DIR"/* ]]; then
+        kill "$pid" 2>/dev/null || true
+      fi
+    done
   fi
   rm -rf "$CLUSTER_DIR"
+}
+
+cmd_down() {
+  delete_cluster
   log "cluster $CLUSTER_NAME down"
 }
 

@@ -100,6 +100,9 @@ def model_config(name: str, onnx_path: str | Path, s: ModelSettings) -> Any:
             t.name = n
             t.data_type = mc.DataType.Value(dtype)
             t.dims.extend(dims[1:] if batching else dims)
+            if batching and s.form == "python" and dest is cfg.input:
+                # Let the batcher group requests of different lengths; model.py pads them.
+                t.allow_ragged_batch = True
     if batching and s.dynamic_batching:
         cfg.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
         if s.preferred_batch_sizes:

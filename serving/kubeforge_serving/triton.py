@@ -166,6 +166,7 @@ class TritonServer:
         metrics_port: int | None = None,
         log_path: str | Path | None = None,
         extra_args: list[str] | None = None,
+        exit_timeout: int = 5,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.models = list(models or [])
@@ -175,6 +176,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self.log_path = Path(log_path) if log_path else self.repository.parent / "tritonserver.log"
         self.extra_args = list(extra_args or [])
+        self.exit_timeout = exit_timeout  # Triton waits this long for open connections on SIGTERM
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -206,6 +208,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-on-error=true",
+            f"--exit-timeout-secs={self.exit_timeout}",
             "--log-verbose=0",
         ]
         cmd += [f"--load-model={m}" for m in self.models]
@@ -241,7 +244,7 @@ class TritonServer:
         self.stop()
         raise ServingError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}", reason="ServerFailed")
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (Triton drains in-flight requests), SIGKILL only after `timeout`."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode

@@ -514,3 +514,33 @@ def test_cli_startup_does_not_import_torch() -> None:
            "'transformers'})))"
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_local_stage_equals_pod(tmp_path: Path, fake_stage: Path) -> None:
+    """One renderer: the local config file is the operator's ConfigMap config.yaml (same store root), the
+    local argv is the Job's container command except the config path."""
+    from kubeforge import builders
+    from kubeforge.settings import OperatorSettings
+
+    workdir = tmp_path / "wd"
+    runner, _ = make_runner(QUICKSTART, workdir, fake_stage)
+    assert runner.run() == 0
+    store = StateStore(workdir)
+    settings = OperatorSettings(store_root=store.store_root)
+    for node in runner.pipeline:
+        local_cfg = store.config_path(node.key).read_text()
+        module = getattr(builders, node.resource.kind.lower())
+        build = module.get_conversion_children if node.resource.kind == "ModelDeployment" else module.get_children
+        children = build(node.resource, runner.inputs[node.key], settings)
+        cm = next(c for c in children if c["kind"] == "ConfigMap")
+        job = next(c for c in children if c["kind"] == "Job")
+        assert cm["data"]["config.yaml"] == local_cfg, node.ref
+        pod_cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        local_cmd = runner_command(StageConfig.load(store.config_path(node.key)), str(store.config_path(node.key)))
+        assert pod_cmd[:-1] == local_cmd[:-1], node.ref
+        assert pod_cmd[-1] == "/etc/kubeforge/config.yaml" and local_cmd[-1] == str(store.config_path(node.key))
+
+
+def runner_command(config: StageConfig, path: str) -> list[str]:
+    """The argv the real runner uses (not the fake stage's)."""
+    return Runner(load_pipeline([QUICKSTART]), StateStore("/nonexistent"), RunOptions()).command(config, path)

@@ -4,6 +4,7 @@ rules, Trainer arguments, PEFT, checkpoints/resume, and the final StageResult.""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,8 @@ def resume_point(ckpt_dir: Path, resume: bool) -> str | None:
         return None
     if not (Path(last) / "trainer_state.json").is_file():  # killed mid-save: ignore the partial one
         return None
+    if is_main_process():
+        print(f"kubeforge: resuming from checkpoint {last}", file=sys.stderr, flush=True)
     return str(last)
 
 

@@ -162,13 +162,13 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         if metrics["eval_loss"] is not None:
             metrics["perplexity"] = math.exp(min(float(ev["eval_loss"]), 50.0))
 
-    _save(trainer, tok, spec, base_uri, local_path(config.output_uri))
+    save_causal_lm(trainer, tok, spec, base_uri, local_path(config.output_uri))
     trainer.accelerator.wait_for_everyone()
     steps = trainer.state.global_step
     return finish(config, reporter, callback, metrics, ckpt, f"{spec.method} finished after {steps} steps")
 
 
-def _save(trainer: Any, tok: Any, spec: TrainingJobSpec, base_uri: str | None, out: Path) -> None:
+def save_causal_lm(trainer: Any, tok: Any, spec: Any, base_uri: str | None, out: Path) -> None:
     """Write the artifact: full model, merged model + adapter/, or adapter (see modelio)."""
     peft_used = spec.peft.method not in (PeftMethod.NONE, PeftMethod.FREEZE)
     manifest: dict[str, Any] = {"task": "causal-lm", "peft": spec.peft.method.value, "baseModel": base_uri}

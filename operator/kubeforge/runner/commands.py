@@ -50,7 +50,7 @@ def run(
     for ref, outcome, state in runner.summary():
         status, reason, _ = report.main_condition(state)
         table.add_row(ref, outcome, status, reason, report.key_metric(state))
-    console.print(table)
+    (console if console.is_terminal else Console(stderr=True, width=200)).print(table)
     if html:
         try:
             path = report.write_html(store, states)

@@ -207,6 +207,10 @@ class Runner:
     def _recover(self, node: Node) -> ResourceState:
         """Load state; a stage left `Running` by a runner that died is marked Interrupted."""
         state = self.store.load_or_new(node.key, node.source)
+        state.depends_on = [ref_of(k) for k in node.dep_keys()]
+        if node.resource.kind == "Evaluation":
+            spec: Any = node.resource.spec  # type: ignore[attr-defined]
+            state.main_metric = str((spec.thresholds[0].metric if spec.thresholds else spec.metrics[0]).value)
         cond = state.condition("Succeeded")
         if cond is not None and cond.reason == "Running" and not pid_alive(state.pid):
             state.set_condition("Succeeded", "Unknown", "Interrupted",
@@ -328,7 +332,7 @@ class Runner:
                 local_path(p).unlink(missing_ok=True)
         local_path(config.output_uri).mkdir(parents=True, exist_ok=True)
         argv = self.command(config, str(cfg_path))
-        ckpts = sorted(local_path(config.checkpoint_uri).glob("checkpoint-*")) if config.checkpoint_uri else []
+        ckpts = newest_checkpoints(local_path(config.checkpoint_uri)) if config.checkpoint_uri else []
         if ckpts:
             state.event("Resuming", f"resuming from {ckpts[-1].name}")
         log = self.store.log_path(node.key).open("ab")
@@ -560,6 +564,7 @@ class Runner:
             state = self.states[node.key]
             if state.condition("Ready") and state.condition("Ready").reason == "Serving":  # type: ignore[union-attr]
                 msg = "smoke test passed; server stopped (use --serve to keep it running)"
+                state.status.pop("endpoints", None)
                 state.set_condition("Ready", "True", "Verified", msg)
                 state.event("Stopped", msg)
                 self._save(state)
@@ -568,6 +573,12 @@ class Runner:
     def summary(self) -> list[tuple[str, str, ResourceState]]:
         """(ref, outcome, state) of every object, in run order."""
         return [(n.ref, self.outcomes.get(n.key, "NotRun"), self.states[n.key]) for n in self.pipeline]
+
+
+def newest_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete HF checkpoints (with trainer_state.json), oldest first: what the stage will resume from."""
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -55,15 +55,15 @@ def key_metric(state: ResourceState) -> str:
     if state.kind == "Evaluation":
         passed = state.condition("Passed")
         head = {"True": "passed", "False": "FAILED"}.get(passed.status.value, "") if passed else ""
-        first = next(iter(metrics.items()), None)
-        return f"{head} {first[0]}={first[1]:.3f}".strip() if first else head
+        name = state.main_metric if state.main_metric in metrics else next(iter(metrics), None)
+        return f"{head} {name}={metrics[name]:.3f}".strip() if name else head
     if state.kind == "ModelDeployment":
         ep = (st.get("endpoints") or {}).get("http")
         if ep:
             return str(ep)
         conv = st.get("conversion") or {}
-        size = next((v for k, v in conv.items() if "size" in k.lower()), None)
-        return f"repo {size / 1e6:.1f} MB" if isinstance(size, int | float) else ""
+        size = conv.get("sizeBytes", next((v for k, v in conv.items() if "size" in k.lower()), None))
+        return f"model {size / 1e6:.2f} MB" if isinstance(size, int | float) else ""
     return ""
 
 
@@ -285,10 +285,9 @@ def _lineage_plot(states: list[ResourceState]) -> str | None:
     by_name = {(s.kind, s.name): s for s in states}
     edges: list[tuple[tuple[str, str], tuple[str, str]]] = []
     for s in states:
-        for e in s.status.get("lineage") or []:
-            src = (e.get("kind", ""), e.get("name", ""))
-            if src in by_name:
-                edges.append((src, (s.kind, s.name)))
+        refs = {(e.get("kind", ""), e.get("name", "")) for e in s.status.get("lineage") or []}
+        refs |= {(r.split("/")[0], r.split("/")[-1]) for r in s.depends_on}
+        edges.extend((src, (s.kind, s.name)) for src in sorted(refs) if src in by_name)
     if not states:
         return None
     depth: dict[tuple[str, str], int] = {k: 0 for k in by_name}
@@ -301,7 +300,8 @@ def _lineage_plot(states: list[ResourceState]) -> str | None:
     pos = {k: (d, -i) for d, ks in cols.items() for i, k in enumerate(ks)}
     fig, ax = plt.subplots(figsize=(2.6 * (max(cols) + 1), 0.9 * max(len(v) for v in cols.values()) + 1))
     for a, b in edges:
-        ax.annotate("", xy=pos[b], xytext=pos[a], arrowprops={"arrowstyle": "->", "color": "#888"})
+        ax.annotate("", xy=pos[b], xytext=pos[a],
+                    arrowprops={"arrowstyle": "-|>", "color": "#888", "shrinkA": 28, "shrinkB": 28})
     for k, (x, y) in pos.items():
         status, _, _ = main_condition(by_name[k])
         color = {"True": "#cfe8cf", "False": "#f3c6c6"}.get(status, "#f3eac0")

@@ -43,6 +43,8 @@ class ResourceState(KubeModel):
     name: str
     namespace: str = "default"
     source: str | None = Field(default=None, description="Manifest file the object came from.")
+    depends_on: list[str] = Field(default_factory=list, description="`Kind/name` of referenced objects.")
+    main_metric: str | None = Field(default=None, description="Metric `kubeforge get` shows (Evaluations).")
     generation: int = Field(default=1, description="Bumped whenever the run digest changes.")
     run_digest: str | None = Field(default=None, description="Digest the last run was for (skip key).")
     created: str = Field(default_factory=now_rfc3339)
