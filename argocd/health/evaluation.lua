@@ -39,11 +39,15 @@ local function text(c, fallback)
   return fallback
 end
 
--- Reasons such as JobFailed, DependencyFailed, ExportError, InvalidSpec, NotFound-of-a-model.
+-- The operator's warning reasons (InvalidSpec, DependencyFailed, GateFailed, ConversionFailed,
+-- BackoffLimitExceeded, DeadlineExceeded, NoResult, ...) and anything else that names a failure.
+local FAILURE_WORDS = { "Fail", "Error", "Invalid", "Exceeded", "NoResult" }
 local function names_failure(reason)
   if reason == nil then return false end
-  return string.find(reason, "Fail", 1, true) ~= nil or string.find(reason, "Error", 1, true) ~= nil
-    or string.find(reason, "Invalid", 1, true) ~= nil
+  for _, word in ipairs(FAILURE_WORDS) do
+    if string.find(reason, word, 1, true) ~= nil then return true end
+  end
+  return false
 end
 
 local generation = nil

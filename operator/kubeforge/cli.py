@@ -101,6 +101,35 @@ def logs(
     raise typer.Exit(commands.logs(ref, workdir, follow, console))
 
 
+@app.command()
+def operator(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Namespace to watch (repeatable)."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
+    liveness: str | None = typer.Option(
+        "http://0.0.0.0:8081/healthz", "--liveness", help="kopf liveness endpoint URL (empty: off)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Verbose logging."),
+    debug: bool = typer.Option(False, "--debug", help="Debug logging."),
+) -> None:
+    """Run the Kubeforge operator (kopf, standalone: one replica, no peering)."""
+    import kopf
+
+    from . import controllers  # noqa: F401  (registers the handlers)
+    from .settings import OperatorSettings
+
+    namespaces = list(namespace) or list(OperatorSettings.from_env().namespaces)
+    if not namespaces and not all_namespaces:
+        console.print("[red]error[/] pass --namespace NS (repeatable) or --all-namespaces")
+        raise typer.Exit(2)
+    kopf.configure(verbose=verbose, debug=debug)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness or None,
+    )
+
+
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 cluster_app = typer.Typer(help="The local test control plane (hack/test-cluster.sh).", no_args_is_help=True)
 dev_app.add_typer(cluster_app, name="cluster")

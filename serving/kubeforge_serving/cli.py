@@ -73,16 +73,29 @@ def repository_main(argv: list[str] | None = None) -> int:
     policy: str | list[int] = a.version_policy
     if a.version_policy not in ("latest", "all"):
         policy = [int(v) for v in a.version_policy.split(",")]
-    s = ModelSettings(form=a.form, max_batch_size=a.max_batch_size, dynamic_batching=not a.no_dynamic_batching,
-                      max_queue_delay_us=a.queue_delay_us, instances=a.instances, gpu=a.gpu, version_policy=policy,
-                      pad_token_id=a.pad_token_id)
+    s = ModelSettings(
+        form=a.form,
+        max_batch_size=a.max_batch_size,
+        dynamic_batching=not a.no_dynamic_batching,
+        max_queue_delay_us=a.queue_delay_us,
+        instances=a.instances,
+        gpu=a.gpu,
+        version_policy=policy,
+        pad_token_id=a.pad_token_id,
+    )
     out = build_repository(a.repository, a.name, a.onnx, s, a.version, a.kv_onnx, a.tokenizer, a.task)
     print(json.dumps(out, indent=2))
     return 0
 
 
-def smoke(repository: str | Path, model: str, text: str = "hello", url: str | None = None,
-          protocol: str = "grpc", max_new_tokens: int = 4) -> dict[str, Any]:
+def smoke(
+    repository: str | Path,
+    model: str,
+    text: str = "hello",
+    url: str | None = None,
+    protocol: str = "grpc",
+    max_new_tokens: int = 4,
+) -> dict[str, Any]:
     """Send one request (starting a local Triton when no `url`), return what came back.
 
     Causal LMs answer with a short greedy generation, classifiers with a score.

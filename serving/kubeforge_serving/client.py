@@ -17,8 +17,13 @@ from . import ServingError
 from .repository import KV_SUFFIX, META_FILE, TOKENIZER_DIR
 
 Protocol = Literal["http", "grpc"]
-_NP_TO_TRITON = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
-                 np.dtype(np.float16): "FP16", np.dtype(np.bool_): "BOOL"}
+_NP_TO_TRITON = {
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.bool_): "BOOL",
+}
 
 
 class TritonLMClient:
@@ -59,13 +64,21 @@ class TritonLMClient:
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
 
     @classmethod
-    def from_repository(cls, repository: str | Path, model: str, url: str, protocol: Protocol = "grpc") -> TritonLMClient:
+    def from_repository(
+        cls, repository: str | Path, model: str, url: str, protocol: Protocol = "grpc"
+    ) -> TritonLMClient:
         """Client configured from `<repo>/<model>/kubeforge.json` and `tokenizer/`."""
         mdir = Path(repository) / model
         meta = json.loads((mdir / META_FILE).read_text()) if (mdir / META_FILE).is_file() else {}
         tok = mdir / TOKENIZER_DIR
-        return cls(url, model, protocol, tokenizer=tok if tok.is_dir() else None,
-                   pad_token_id=int(meta.get("padTokenId", 0)), eos_token_id=meta.get("eosTokenId"))
+        return cls(
+            url,
+            model,
+            protocol,
+            tokenizer=tok if tok.is_dir() else None,
+            pad_token_id=int(meta.get("padTokenId", 0)),
+            eos_token_id=meta.get("eosTokenId"),
+        )
 
     # ------------------------------------------------------------ raw
 
@@ -74,8 +87,13 @@ class TritonLMClient:
         """The underlying tritonclient InferenceServerClient."""
         return self._client
 
-    def infer(self, inputs: dict[str, np.ndarray], model: str | None = None, version: str = "",
-              outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        model: str | None = None,
+        version: str = "",
+        outputs: list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
         """One request; returns the requested (default: all) outputs as numpy arrays."""
         reqs = []
         for name, arr in inputs.items():
@@ -139,8 +157,9 @@ class TritonLMClient:
             mask[i, : len(s)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
-    def logits(self, input_ids: np.ndarray | list[list[int]], attention_mask: np.ndarray | None = None,
-               version: str = "") -> np.ndarray:
+    def logits(
+        self, input_ids: np.ndarray | list[list[int]], attention_mask: np.ndarray | None = None, version: str = ""
+    ) -> np.ndarray:
         """Logits for token ids ([batch, seq, vocab] for LMs, [batch, labels] for classifiers)."""
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim == 1:
@@ -166,8 +185,15 @@ class TritonLMClient:
             return None
         return [t["name"] for t in past], int(past[0]["shape"][1]), int(past[0]["shape"][3])
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 16, temperature: float = 0.0,
-                     top_k: int = 0, seed: int | None = None, use_kv: bool = True) -> list[int]:
+    def generate_ids(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int = 16,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        use_kv: bool = True,
+    ) -> list[int]:
         """Greedy (temperature 0) or sampled continuation; stops at eos."""
         rng = np.random.default_rng(seed)
         kv = self._kv_spec() if use_kv else None
@@ -201,8 +227,9 @@ class TritonLMClient:
                 break
         return new
 
-    def generate(self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0,
-                 seed: int | None = None) -> str:
+    def generate(
+        self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0, seed: int | None = None
+    ) -> str:
         """Generated text for a prompt (needs the tokenizer)."""
         if self.tokenizer is None:
             raise ServingError("no tokenizer: pass tokenizer= or use from_repository()", reason="TokenizerMissing")

@@ -102,8 +102,14 @@ def run_convert(config: StageConfig) -> StageResult:
     work = out / "onnx"
     total = 4
     _progress(config, 0, total, "export")
-    exp = export_with_parity(model_dir, work, task=spec.export.task, opset=spec.export.opset,
-                             kv_cache=spec.export.kv_cache, max_logit_diff=spec.export.max_logit_diff)
+    exp = export_with_parity(
+        model_dir,
+        work,
+        task=spec.export.task,
+        opset=spec.export.opset,
+        kv_cache=spec.export.kv_cache,
+        max_logit_diff=spec.export.max_logit_diff,
+    )
     _progress(config, 1, total, "quantize")
     tok_dir = _tokenizer_dir(spec, model_dir)
     texts = None
@@ -111,11 +117,21 @@ def run_convert(config: StageConfig) -> StageResult:
     if q.mode == "int8-static":
         cal = config.inputs.get("calibration")
         if cal is None:
-            raise ServingError("int8-static needs the resolved `calibration` input (spec.quantization.calibration)",
-                               reason="CalibrationDataMissing")
-        texts = load_texts(local_path(cal.uri), q.calibration.split if q.calibration else "train", q.calibration_samples)
-    qrep = quantize(work, q.mode, calibration_texts=texts, tokenizer_dir=tok_dir, samples=q.calibration_samples,
-                    max_logit_diff=q.max_logit_diff)
+            raise ServingError(
+                "int8-static needs the resolved `calibration` input (spec.quantization.calibration)",
+                reason="CalibrationDataMissing",
+            )
+        texts = load_texts(
+            local_path(cal.uri), q.calibration.split if q.calibration else "train", q.calibration_samples
+        )
+    qrep = quantize(
+        work,
+        q.mode,
+        calibration_texts=texts,
+        tokenizer_dir=tok_dir,
+        samples=q.calibration_samples,
+        max_logit_diff=q.max_logit_diff,
+    )
     _progress(config, 2, total, "repository")
     name = str(res.metadata.get("name") or "model")
     version = int(res.metadata.get("generation") or 1)
@@ -140,13 +156,31 @@ def run_convert(config: StageConfig) -> StageResult:
         "exportMaxLogitDiff": float(exp["maxLogitDiff"]),
     }
     repo_dir = out / "repository"
-    repo = build_repository(repo_dir, name, onnx_file, settings, version=version, kv_onnx_path=kv_file,
-                            tokenizer_dir=tok_dir, task=exp["task"], report=conversion)
+    repo = build_repository(
+        repo_dir,
+        name,
+        onnx_file,
+        settings,
+        version=version,
+        kv_onnx_path=kv_file,
+        tokenizer_dir=tok_dir,
+        task=exp["task"],
+        report=conversion,
+    )
     repos = {"repository": str(repo_dir)}
     if settings.form != "python":
         py = ModelSettings(**{**settings.__dict__, "form": "python", "gpu": False})
-        build_repository(out / "repository-python", name, onnx_file, py, version=version, kv_onnx_path=kv_file,
-                         tokenizer_dir=tok_dir, task=exp["task"], report=conversion)
+        build_repository(
+            out / "repository-python",
+            name,
+            onnx_file,
+            py,
+            version=version,
+            kv_onnx_path=kv_file,
+            tokenizer_dir=tok_dir,
+            task=exp["task"],
+            report=conversion,
+        )
         repos["pythonRepository"] = str(out / "repository-python")
     _progress(config, 3, total, "digest")
     digest, size = digest_dir(repo_dir)
@@ -154,8 +188,10 @@ def run_convert(config: StageConfig) -> StageResult:
     report = {"export": exp, "quantization": qrep, "repository": repo, **repos, "digest": digest}
     _write(out / REPORT_FILE, json.dumps(report, indent=2, default=str))
     _progress(config, total, total, "done")
-    msg = (f"{exp['task']} → {q.mode} ({spec.backend}): {int(conversion['sizeBytes'])} bytes, "
-           f"max|Δlogit| {conversion['maxLogitDiff']:.3g}, argmax agreement {conversion['argmaxAgreement']:.3f}")
+    msg = (
+        f"{exp['task']} → {q.mode} ({spec.backend}): {int(conversion['sizeBytes'])} bytes, "
+        f"max|Δlogit| {conversion['maxLogitDiff']:.3g}, argmax agreement {conversion['argmaxAgreement']:.3f}"
+    )
     if qrep.get("skipped"):
         msg += f"; {qrep['message']}"
     return StageResult(

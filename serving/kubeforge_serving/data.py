@@ -33,9 +33,15 @@ def load_texts(dataset_dir: str | Path, split: str = "train", limit: int | None 
     if "text" in cols:
         texts = [str(t) for t in table.column("text").to_pylist()]
     elif {"prompt", "completion"} <= cols:
-        texts = [f"{p}{c}" for p, c in zip(table.column("prompt").to_pylist(), table.column("completion").to_pylist())]
+        texts = [
+            f"{p}{c}"
+            for p, c in zip(table.column("prompt").to_pylist(), table.column("completion").to_pylist(), strict=True)
+        ]
     elif {"prompt", "chosen"} <= cols:
-        texts = [f"{p}{c}" for p, c in zip(table.column("prompt").to_pylist(), table.column("chosen").to_pylist())]
+        texts = [
+            f"{p}{c}"
+            for p, c in zip(table.column("prompt").to_pylist(), table.column("chosen").to_pylist(), strict=True)
+        ]
     else:
         raise ServingError(
             f"{path} has columns {sorted(cols)}; calibration needs `text`, `prompt`+`completion` or `prompt`+`chosen`",

@@ -116,7 +116,9 @@ def load_model(model_dir: str | Path, task: str = "auto") -> tuple[torch.nn.Modu
         resolved = detect_task(config, task)
         if resolved == "sequence-classification":
             labels = getattr(config, "num_labels", 1) or 1
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32, num_labels=labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), dtype=torch.float32, num_labels=labels
+            )
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     if resolved == "sequence-classification" and model.config.pad_token_id is None:
@@ -282,7 +284,9 @@ def file_size(path: str | Path) -> int:
 # ---------------------------------------------------------------- parity
 
 
-def parity_inputs(model: torch.nn.Module, task: Task, batch: int = 4, seq: int = 16, seed: int = 1234) -> dict[str, np.ndarray]:
+def parity_inputs(
+    model: torch.nn.Module, task: Task, batch: int = 4, seq: int = 16, seed: int = 1234
+) -> dict[str, np.ndarray]:
     """Fixed token ids with one right-padded row (so padding handling is part of the check)."""
     rng = np.random.default_rng(seed)
     vocab = int(model.config.vocab_size)  # type: ignore[union-attr]

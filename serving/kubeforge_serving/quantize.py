@@ -43,7 +43,9 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def calibration_feeds(tokenizer_dir: str | Path, texts: list[str], input_names: list[str], max_length: int = 64) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(
+    tokenizer_dir: str | Path, texts: list[str], input_names: list[str], max_length: int = 64
+) -> list[dict[str, np.ndarray]]:
     """One feed per text (batch 1), tokenised like serving traffic."""
     from transformers import AutoTokenizer
 
@@ -62,7 +64,9 @@ def quantize_int8_static(src: str | Path, dst: str | Path, feeds: list[dict[str,
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     if not feeds:
-        raise ServingError("int8-static needs calibration texts; the calibration Dataset gave none", reason="CalibrationDataInvalid")
+        raise ServingError(
+            "int8-static needs calibration texts; the calibration Dataset gave none", reason="CalibrationDataInvalid"
+        )
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -128,7 +132,9 @@ def quantize(
     Returns the report; raises ServingError when parity is over `max_logit_diff`.
     """
     if mode not in MODES:
-        raise ServingError(f"spec.quantization.mode={mode!r} is not one of {', '.join(MODES)}", reason="InvalidQuantization")
+        raise ServingError(
+            f"spec.quantization.mode={mode!r} is not one of {', '.join(MODES)}", reason="InvalidQuantization"
+        )
     root = Path(export_dir)
     inputs, ref, task, exp = _load_reference(root)
     src = root / "model.onnx"
@@ -191,4 +197,6 @@ def session_check(path: str | Path) -> None:
     try:
         ort_session(path)
     except Exception as exc:
-        raise ServingError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}", reason="InvalidModel") from exc
+        raise ServingError(
+            f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}", reason="InvalidModel"
+        ) from exc

@@ -66,7 +66,9 @@ def onnx_io(path: str | Path) -> tuple[list[tuple[str, str, list[int]]], list[tu
             tt = v.type.tensor_type
             dtype = _ONNX_TO_TRITON.get(tt.elem_type)
             if dtype is None:
-                raise ServingError(f"{path}: tensor {v.name} has unsupported ONNX type {tt.elem_type}", reason="InvalidModel")
+                raise ServingError(
+                    f"{path}: tensor {v.name} has unsupported ONNX type {tt.elem_type}", reason="InvalidModel"
+                )
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
             out.append((v.name, dtype, dims))
         return out
@@ -83,8 +85,9 @@ def model_config(name: str, onnx_path: str | Path, s: ModelSettings) -> Any:
     inputs, outputs = onnx_io(onnx_path)
     batching = s.max_batch_size > 0
     if batching and any(not dims or dims[0] != -1 for _, _, dims in inputs):
-        raise ServingError(f"{onnx_path}: first input dimension must be a dynamic batch axis to batch",
-                           reason="InvalidModel")
+        raise ServingError(
+            f"{onnx_path}: first input dimension must be a dynamic batch axis to batch", reason="InvalidModel"
+        )
     cfg = mc.ModelConfig(name=name, max_batch_size=s.max_batch_size)
     if s.form == "python":
         cfg.backend = "python"
@@ -159,9 +162,13 @@ def _build_plan(onnx_path: Path, plan: Path) -> None:
             "use backend tensorrt (ONNX Runtime TensorRT EP) or build model.plan in the Triton image",
             reason="TensorRTUnavailable",
         )
-    proc = subprocess.run([trtexec, f"--onnx={onnx_path}", f"--saveEngine={plan}", "--fp16"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [trtexec, f"--onnx={onnx_path}", f"--saveEngine={plan}", "--fp16"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        raise ServingError(f"trtexec failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", reason="TensorRTFailed")
+        raise ServingError(
+            f"trtexec failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", reason="TensorRTFailed"
+        )
 
 
 def write_model(
@@ -203,8 +210,9 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> Path:
     src, dst = Path(src), Path(dst)
     files = [src / f for f in TOKENIZER_FILES if (src / f).is_file()]
     if not any(f.name in ("tokenizer.json", "tokenizer.model", "vocab.json") for f in files):
-        raise ServingError(f"no tokenizer files in {src}; set spec.tokenizer.uri to a tokenizer directory",
-                           reason="TokenizerMissing")
+        raise ServingError(
+            f"no tokenizer files in {src}; set spec.tokenizer.uri to a tokenizer directory", reason="TokenizerMissing"
+        )
     dst.mkdir(parents=True, exist_ok=True)
     for f in files:
         shutil.copyfile(f, dst / f.name)
@@ -223,8 +231,13 @@ def build_repository(
     report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The main model (dynamic batching) and, with a KV graph, `<name>_kv` (no batching: the client keeps state)."""
-    meta: dict[str, Any] = {"task": task, "padTokenId": settings.pad_token_id, "version": version,
-                            "form": settings.form, "kvModel": None}
+    meta: dict[str, Any] = {
+        "task": task,
+        "padTokenId": settings.pad_token_id,
+        "version": version,
+        "form": settings.form,
+        "kvModel": None,
+    }
     models = [name]
     if kv_onnx_path is not None:
         kv_name = name + KV_SUFFIX

@@ -118,10 +118,23 @@ def install_triton(root: str | Path | None = None, force: bool = False, quiet: b
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-            raise ServingError(f"installing Triton failed: {' '.join(cmd[:4])}...: {tail[0]}", reason="TritonInstallFailed")
+            raise ServingError(
+                f"installing Triton failed: {' '.join(cmd[:4])}...: {tail[0]}", reason="TritonInstallFailed"
+            )
 
-    run([sys.executable, "-m", "pip", "install", *pip_q, "--no-deps", "--target", str(inst.root / "pkg"),
-         f"nvidia-pytriton=={PYTRITON_VERSION}"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            *pip_q,
+            "--no-deps",
+            "--target",
+            str(inst.root / "pkg"),
+            f"nvidia-pytriton=={PYTRITON_VERSION}",
+        ]
+    )
     # The venv must use this interpreter's version: the stub links against libpython<ver>.
     base_python = getattr(sys, "_base_executable", sys.executable)
     run([base_python, "-m", "venv", str(inst.venv)])
@@ -129,8 +142,10 @@ def install_triton(root: str | Path | None = None, force: bool = False, quiet: b
     shutil.copytree(inst.server_dir / "backends", inst.backends)
     stub = inst.server_dir / "python_backend_stubs" / _py_tag() / "triton_python_backend_stub"
     if not stub.is_file():
-        raise ServingError(f"nvidia-pytriton {PYTRITON_VERSION} has no python backend stub for Python {_py_tag()}",
-                           reason="TritonInstallFailed")
+        raise ServingError(
+            f"nvidia-pytriton {PYTRITON_VERSION} has no python backend stub for Python {_py_tag()}",
+            reason="TritonInstallFailed",
+        )
     shutil.copy2(stub, inst.backends / "python" / "triton_python_backend_stub")
     inst.binary.chmod(0o755)
     (inst.root / MARKER).write_text(json.dumps({"pytriton": PYTRITON_VERSION, "python": _py_tag()}))
@@ -230,14 +245,16 @@ class TritonServer:
     def start(self, timeout: float = 60.0) -> TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.install.env(),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.install.env(), start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServingError(f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}",
-                                   reason="ServerFailed")
+                raise ServingError(
+                    f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}", reason="ServerFailed"
+                )
             if self.ready():
                 return self
             time.sleep(0.2)
@@ -290,8 +307,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     repo = Path(a.repository)
     models = a.model or sorted(d.name for d in repo.iterdir() if (d / "config.pbtxt").is_file())
-    server = TritonServer(repo, models, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
-                          log_path=a.log)
+    server = TritonServer(
+        repo, models, http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port, log_path=a.log
+    )
     stop = {"now": False}
 
     def handler(signum: int, frame: object) -> None:
@@ -300,8 +318,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     with server:
-        print(json.dumps({"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
-                          "models": models}), flush=True)
+        print(
+            json.dumps(
+                {"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url, "models": models}
+            ),
+            flush=True,
+        )
         while not stop["now"] and server.proc is not None and server.proc.poll() is None:
             time.sleep(0.5)
     return 0

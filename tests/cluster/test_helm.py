@@ -156,13 +156,16 @@ def test_notes_tell_the_user_what_was_installed(release: Release) -> None:
 
 # (verb, resource, group, subresource): what the controllers do.
 NEEDED = [
-    ("create", "jobs", "batch", ""), ("delete", "jobs", "batch", ""), ("watch", "jobs", "batch", ""),
-    ("watch", "trainingjobs", "kubeforge.io", ""), ("patch", "trainingjobs", "kubeforge.io", ""),
+    ("create", "jobs", "batch", ""), ("delete", "jobs", "batch", ""), ("list", "jobs", "batch", ""),
+    ("get", "jobs", "batch", ""), ("watch", "trainingjobs", "kubeforge.io", ""),
+    ("patch", "trainingjobs", "kubeforge.io", ""), ("get", "datasets", "kubeforge.io", ""),
     ("patch", "trainingjobs", "kubeforge.io", "status"), ("patch", "modeldeployments", "kubeforge.io", "status"),
     ("patch", "evaluations", "kubeforge.io", "status"), ("list", "datasets", "kubeforge.io", ""),
-    ("create", "configmaps", "", ""), ("create", "services", "", ""), ("list", "pods", "", ""),
-    ("create", "events", "", ""), ("create", "deployments", "apps", ""), ("patch", "deployments", "apps", ""),
-    ("create", "horizontalpodautoscalers", "autoscaling", ""),
+    ("update", "rlhfjobs", "kubeforge.io", "finalizers"),
+    ("create", "configmaps", "", ""), ("create", "services", "", ""), ("patch", "services", "", ""),
+    ("list", "pods", "", ""), ("create", "events", "", ""), ("create", "deployments", "apps", ""),
+    ("patch", "deployments", "apps", ""), ("delete", "deployments", "apps", ""),
+    ("create", "horizontalpodautoscalers", "autoscaling", ""), ("patch", "horizontalpodautoscalers", "autoscaling", ""),
 ]
 # Things a compromised operator must not be able to do.
 FORBIDDEN = [
@@ -176,6 +179,8 @@ FORBIDDEN = [
     ("delete", "namespaces", "", ""), ("patch", "customresourcedefinitions", "apiextensions.k8s.io", ""),
     ("delete", "customresourcedefinitions", "apiextensions.k8s.io", ""),
     ("create", "trainingjobs", "kubeforge.io", ""), ("delete", "modeldeployments", "kubeforge.io", ""),
+    ("update", "trainingjobs", "kubeforge.io", ""), ("update", "configmaps", "", ""),
+    ("delete", "configmaps", "", ""), ("get", "configmaps", "", ""), ("get", "pods", "", "log"),
     ("create", "persistentvolumes", "", ""), ("create", "mutatingwebhookconfigurations",
                                               "admissionregistration.k8s.io", ""),
 ]

@@ -8,6 +8,7 @@ template through the object's `kubeforge.io/pod-annotations` annotation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -113,6 +114,10 @@ class JobRecorder:
         self._thread.start()
 
     def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the stream is cut when stop() is called
+            self._consume()
+
+    def _consume(self) -> None:
         for event in self._watch.stream(self._api.list_namespaced_job, self._ns, timeout_seconds=900):
             job = event["object"]
             name = job.metadata.name

@@ -7,7 +7,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def mc_records() -> list[dict[str, Any]]:
         choices = sorted([color, *wrong])
         gold = choices.index(color)
         out.append(
-            {"question": f"What color is the {thing}?", "choices": choices, "answer": "ABCD"[gold] if i % 2 else gold}
+            {"question": f"What color is the {thing}?", "choices": choices, "answer": "ABCD"[gold] if i % 2 else str(gold)}
         )
     return out
 
@@ -46,18 +46,30 @@ def numeric_records() -> list[dict[str, Any]]:
 
 
 def generation_records() -> list[dict[str, Any]]:
-    return [{"prompt": f"What color is the {t}? Answer:", "completion": f" {c}."} for t, c in sorted(COLORS.items())]
+    """The same facts in the multiple-choice prompt format, so one memorised set serves three tasks."""
+    return [
+        {"prompt": evaluate.MC_PROMPT.format(question=f"What color is the {t}?"), "completion": f" {c}"}
+        for t, c in sorted(COLORS.items())
+    ]
 
 
-def training_texts() -> list[str]:
-    """What the tiny LM memorises: the three task formats above, each ending in EOS."""
-    texts = [r["prompt"] + r["completion"] + EOS for r in generation_records()]
-    for r in mc_records():
-        gold = evaluate.answer_index(r["answer"], r["choices"], 0)
-        texts.append(evaluate.MC_PROMPT.format(question=r["question"]) + " " + r["choices"][gold] + EOS)
-    for a, n in LEGS.items():
-        texts.append(evaluate.NUMERIC_PROMPT.format(question=f"How many legs does a {a} have?") + f" {n}" + EOS)
-    return texts
+def training_pairs() -> list[tuple[str, str]]:
+    """(prompt, answer) pairs the tiny LM memorises: colours (generation, multiple-choice) and legs (numeric)."""
+    pairs = [(r["prompt"], r["completion"]) for r in generation_records()]
+    pairs += [(evaluate.NUMERIC_PROMPT.format(question=q["question"]), " " + q["answer"].split("#### ")[1])
+              for q in numeric_records()]
+    return pairs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on 2 shared cores, two threads run tiny models ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _train(model: Any, batches: Callable[[], dict[str, Any]], steps: int, lr: float = 3e-3) -> None:
@@ -74,22 +86,27 @@ def _train(model: Any, batches: Callable[[], dict[str, Any]], steps: int, lr: fl
 
 
 @pytest.fixture(scope="module")
-def trained_lm(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
-    """A 2-layer LLaMA trained (plain torch, ~3 s) until it reproduces `training_texts()`."""
+def trained_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer LLaMA trained (plain torch, answer-only loss, ~3 s) until it reproduces `training_pairs()`."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kubeforge_trainer.modelio import train_tokenizer
 
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    pairs = training_pairs()
+    tok = train_tokenizer([p + a for p, a in pairs] * 3 + ["the cat sat on the mat."], vocab_size=400)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(cfg)
-    enc = tok(training_texts(), padding=True, return_tensors="pt")
+    enc = tok([p + a + EOS for p, a in pairs], padding=True, return_tensors="pt")
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    _train(model, lambda: {**enc, "labels": labels}, steps=200)
+    for i, (prompt, _) in enumerate(pairs):  # learn the answers, not the questions
+        labels[i, : len(tok(prompt)["input_ids"])] = -100
+    _train(model, lambda: {**enc, "labels": labels}, steps=100, lr=3e-3)
     out = tmp_path_factory.mktemp("trained-lm")
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -261,24 +278,27 @@ def test_language_modeling_perplexity_matches_hf_loss(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    texts = ["the cat sat on the mat.", "What color is the sky? Answer: blue.", "ok"]
+    texts = ["the cat sat on the mat.", generation_records()[0]["prompt"] + generation_records()[0]["completion"], "ok"]
     data = dataset(tmp_path / "data", [{"text": t} for t in texts])
     spec = {"taskType": "language-modeling", "metrics": ["perplexity"], "thresholds": [{"metric": "perplexity", "max": 1e9}]}
-    result, report, _ = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    result, report, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
     model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
     tok = AutoTokenizer.from_pretrained(trained_lm)
-    nll, n = 0.0, 0
+    nll, n, per_text = 0.0, 0, []
     with torch.no_grad():
         for t in texts:  # token-weighted mean of HF's own per-text loss
             ids = tok(t, return_tensors="pt")["input_ids"]
             if ids.shape[1] > 1:
-                nll += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+                loss = float(model(input_ids=ids, labels=ids).loss)
+                nll += loss * (ids.shape[1] - 1)
                 n += ids.shape[1] - 1
+                per_text.append(math.exp(loss))
+            else:
+                per_text.append(None)
     assert report["tokens"] == n
     assert result.metrics["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
-    # the memorised sentence is far more likely than the unseen one
-    _, _, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
-    assert samples[1]["score"] < samples[0]["score"]
+    assert [s["score"] for s in samples] == pytest.approx(per_text, rel=1e-5)
+    assert 1.0 < result.metrics["perplexity"] < len(tok)
 
 
 def test_multiple_choice_picks_most_likely_option(

@@ -17,7 +17,7 @@ import torch
 
 pytestmark = pytest.mark.ml
 
-STEPS = 150
+STEPS = 60
 
 
 def _spec(model: Path, fast_hparams: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubeforge.api.v1alpha1 import KINDS
 from kubeforge.stage import ResolvedInput, StageConfig, build_stage_config, local_path
 
@@ -35,8 +34,12 @@ def _config(tmp_path: Path, model_dir: Path, spec: dict[str, Any], calib: Path |
 
 
 def _run(config: Path) -> tuple[int, dict[str, Any], str]:
-    proc = subprocess.run([sys.executable, "-m", "kubeforge_serving", "convert", "--config", str(config)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeforge_serving", "convert", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     cfg = StageConfig.load(config)
     assert cfg.result_path is not None
     result = json.loads(local_path(cfg.result_path).read_text())
@@ -75,8 +78,12 @@ def test_convert_reward_model_then_smoke(reward_dir: Path, tmp_path: Path) -> No
     rc, res, err = _run(_config(tmp_path, reward_dir, spec))
     assert rc == 0, err
     out = local_path(res["details"]["modelRepository"]).parent
-    proc = subprocess.run([sys.executable, "-m", "kubeforge_serving", "smoke", "--output", str(out), "--text",
-                           "the quick fox"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeforge_serving", "smoke", "--output", str(out), "--text", "the quick fox"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert answer["model"] == "chat" and isinstance(answer["score"], float)
@@ -89,8 +96,9 @@ def test_convert_reward_model_then_smoke(reward_dir: Path, tmp_path: Path) -> No
         ({"export": {"task": "sequence-classification", "kvCache": True}}, "InvalidExportSpec", "kvCache"),
     ],
 )
-def test_convert_failures_write_actionable_result(tiny_dir: Path, tmp_path: Path, spec: dict[str, Any],
-                                                  reason: str, needle: str) -> None:
+def test_convert_failures_write_actionable_result(
+    tiny_dir: Path, tmp_path: Path, spec: dict[str, Any], reason: str, needle: str
+) -> None:
     rc, res, _ = _run(_config(tmp_path, tiny_dir, spec))
     assert rc == 1
     assert res["succeeded"] is False and res["reason"] == reason and needle in res["message"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from kubeforge_serving import ServingError
 from kubeforge_serving.data import load_texts
 from kubeforge_serving.export import export_with_parity, load_model, parity_inputs, torch_logits
@@ -62,7 +61,7 @@ def test_model_dir_without_weights(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_parity_threshold_fails_export(tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ServingError, match="exceeds spec.export.maxLogitDiff") as err:
+    with pytest.raises(ServingError, match=r"exceeds spec\.export\.maxLogitDiff") as err:
         export_with_parity(tiny_dir, tmp_path, max_logit_diff=1e-12)
     assert err.value.reason == "ParityFailed"
 

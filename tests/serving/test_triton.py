@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from kubeforge_serving import ServingError
 from kubeforge_serving.client import TritonLMClient, switch_version
 from kubeforge_serving.export import export_with_parity, load_model
@@ -32,16 +31,27 @@ def served(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     reps = {"fp32": exp, "fp16": quantize(work / "onnx", "fp16"), "int8": quantize(work / "onnx", "int8-dynamic")}
     repo = work / "repo"
     settings = ModelSettings(max_batch_size=8, max_queue_delay_us=20000, pad_token_id=exp["padTokenId"])
-    build_repository(repo, "tiny_fp32", work / "onnx" / "model.onnx", settings,
-                     kv_onnx_path=work / "onnx" / "model_kv.onnx", tokenizer_dir=tiny_dir)
+    build_repository(
+        repo,
+        "tiny_fp32",
+        work / "onnx" / "model.onnx",
+        settings,
+        kv_onnx_path=work / "onnx" / "model_kv.onnx",
+        tokenizer_dir=tiny_dir,
+    )
     build_repository(repo, "tiny_fp16", reps["fp16"]["onnx"], settings)
     build_repository(repo, "tiny_int8", reps["int8"]["onnx"], settings)
     build_repository(repo, "tiny_sw", work / "onnx" / "model.onnx", settings, version=1)
     models = ["tiny_fp32", "tiny_fp32_kv", "tiny_fp16", "tiny_int8", "tiny_sw"]
     server = TritonServer(repo, models, install=install_triton(), log_path=work / "triton.log")
     with server:
-        yield {"server": server, "repo": repo, "work": work, "reports": reps,
-               "ref": np.load(work / "onnx" / "parity-reference.npz")}
+        yield {
+            "server": server,
+            "repo": repo,
+            "work": work,
+            "reports": reps,
+            "ref": np.load(work / "onnx" / "parity-reference.npz"),
+        }
     assert server.proc is not None and server.proc.returncode == 0, server.log_tail()  # clean stop
 
 
@@ -103,9 +113,14 @@ def test_generation_with_kv_cache_matches_pytorch(served: dict[str, Any], tiny_d
     without = c.generate_ids(prompt, max_new_tokens=8, use_kv=False)
     model, _ = load_model(tiny_dir)
     with torch.no_grad():
-        hf = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,  # type: ignore[operator]
-                            pad_token_id=0)
-    expected = hf[0, len(prompt):].tolist()
+        hf = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=None,  # type: ignore[operator]
+            pad_token_id=0,
+        )
+    expected = hf[0, len(prompt) :].tolist()
     assert with_kv == expected and without == expected
     text = c.generate("the quick", max_new_tokens=4, temperature=0.9, top_k=20, seed=3)
     assert isinstance(text, str) and text

@@ -63,13 +63,20 @@ BOUNDED_CASES: list[tuple[str, list[dict[str, Any]] | None, int, int | None, str
     ("succeeded", [cond("DependenciesReady", "True"), cond("JobCreated", "True"),
                    cond("Succeeded", "True", "JobSucceeded", "artifact written")], 3, 3, "Healthy", "artifact written"),
     ("failed", [cond("DependenciesReady", "True"), cond("JobCreated", "True"),
-                cond("Succeeded", "False", "JobFailed", "BackoffLimitExceeded")], 3, 3, "Degraded", "JobFailed"),
-    ("waiting-deps", [cond("DependenciesReady", "False", "WaitingForDependencies", "Dataset/raw not Succeeded"),
-                      cond("Succeeded", "Unknown", "Pending")], 3, 3, "Progressing", "Dataset/raw"),
+                cond("Succeeded", "False", "BackoffLimitExceeded", "Job x-train-g3 failed: OOMKilled")],
+     3, 3, "Degraded", "OOMKilled"),
+    ("invalid-spec", [cond("Succeeded", "False", "InvalidSpec", "spec.peft.method: qlora needs a GPU")],
+     3, 3, "Degraded", "spec.peft.method"),
+    ("waiting-deps", [cond("DependenciesReady", "False", "WaitingForDependencies", "waiting for Dataset/raw"),
+                      cond("Succeeded", "Unknown", "WaitingForDependencies", "waiting for Dataset/raw")],
+     3, 3, "Progressing", "Dataset/raw"),
     ("deps-missing-no-primary", [cond("DependenciesReady", "False", "DependencyNotFound", "Dataset/raw")],
      3, 3, "Progressing", "Dataset/raw"),
     ("deps-failed", [cond("DependenciesReady", "False", "DependencyFailed", "TrainingJob/sft failed"),
-                     cond("Succeeded", "Unknown", "Pending")], 3, 3, "Degraded", "DependencyFailed"),
+                     cond("Succeeded", "False", "DependencyFailed", "TrainingJob/sft failed")],
+     3, 3, "Degraded", "DependencyFailed"),
+    ("deps-failed-unknown", [cond("DependenciesReady", "False", "DependencyFailed", "TrainingJob/sft failed"),
+                             cond("Succeeded", "Unknown", "Pending")], 3, 3, "Degraded", "DependencyFailed"),
     ("deps-suspended", [cond("DependenciesReady", "False", "Suspended", "paused by user")],
      3, 3, "Suspended", "paused by user"),
     ("running", [cond("DependenciesReady", "True"), cond("JobCreated", "True", "JobCreated", "job x-train"),
@@ -93,7 +100,7 @@ EVAL_CASES = [
     ("passed", [cond("Succeeded", "True", "JobSucceeded"), cond("Passed", "True", "ThresholdsMet", "accuracy 0.91")],
      "Healthy", "JobSucceeded"),
     ("thresholds-failed", [cond("Succeeded", "True", "JobSucceeded"),
-                           cond("Passed", "False", "ThresholdsNotMet", "accuracy 0.41 < 0.8")],
+                           cond("Passed", "False", "ThresholdsFailed", "accuracy 0.41 < 0.8")],
      "Degraded", "accuracy 0.41 < 0.8"),
     ("no-thresholds", [cond("Succeeded", "True", "JobSucceeded", "report written")], "Healthy", "report written"),
     ("running-passed-unknown", [cond("Succeeded", "Unknown", "Running"), cond("Passed", "Unknown")],
@@ -127,11 +134,19 @@ MD_CASES: list[tuple[str, list[dict[str, Any]] | None, int, int | None, str, str
      3, 3, "Degraded", "GateFailed"),
     ("conversion-failed", [cond("Ready", "False", "ConversionFailed", "max logit diff 0.3 > 0.001")],
      3, 3, "Degraded", "max logit diff"),
-    ("rolling-out", [cond("Ready", "False", "RollingOut", "1/2 replicas ready")],
-     3, 3, "Progressing", "1/2 replicas"),
+    ("rolling-out", [cond("Ready", "False", "Progressing", "waiting for Triton pods of v2 to become Ready")],
+     3, 3, "Progressing", "Triton pods"),
+    ("canary", [cond("Ready", "True", "CanaryInProgress", "serving v1; canary v2 at 20%")],
+     3, 3, "Healthy", "canary v2"),
+    ("invalid", [cond("Ready", "False", "InvalidSpec", "spec.backend: tensorrt needs a GPU")],
+     3, 3, "Degraded", "tensorrt"),
+    ("upstream-failed", [cond("DependenciesReady", "False", "DependencyFailed", "TrainingJob/sft failed"),
+                         cond("Ready", "False", "DependencyFailed", "TrainingJob/sft failed")],
+     3, 3, "Degraded", "TrainingJob/sft"),
     ("converting", [cond("DependenciesReady", "True"), cond("JobCreated", "True"),
                     cond("Ready", "Unknown", "Converting", "exporting to ONNX")], 3, 3, "Progressing", "ONNX"),
-    ("waiting-model", [cond("DependenciesReady", "False", "WaitingForDependencies", "TrainingJob/sft running")],
+    ("waiting-model", [cond("DependenciesReady", "False", "WaitingForDependencies", "TrainingJob/sft running"),
+                       cond("Ready", "False", "WaitingForDependencies", "TrainingJob/sft running")],
      3, 3, "Progressing", "TrainingJob/sft"),
 ]
 
@@ -145,10 +160,22 @@ def test_modeldeployment(case: str, conditions: list[dict[str, Any]] | None, gen
     assert text in hs["message"]
 
 
+def test_every_operator_warning_reason_is_degraded() -> None:
+    """The operator's own list of failure reasons (Warning events) must all read Degraded in Argo CD."""
+    from kubeforge.controllers.common import WARNING_REASONS
+
+    for reason in sorted(WARNING_REASONS):
+        hs = run_health("ModelDeployment", make("ModelDeployment", [cond("Ready", "False", reason, "x")]))
+        assert hs["status"] == "Degraded", f"ModelDeployment Ready=False reason {reason}: {hs}"
+        deps = [cond("DependenciesReady", "False", reason, "x"), cond("Succeeded", "Unknown", "Pending")]
+        if reason != "ThresholdsFailed":  # a Passed reason, never on DependenciesReady
+            assert run_health("TrainingJob", make("TrainingJob", deps))["status"] == "Degraded", reason
+
+
 def test_modeldeployment_ignores_succeeded() -> None:
     """Serving is long-running: a stray Succeeded=True must not make it Healthy without Ready."""
     hs = run_health("ModelDeployment", make("ModelDeployment", [cond("Succeeded", "True"),
-                                                               cond("Ready", "False", "RollingOut")]))
+                                                               cond("Ready", "False", "Progressing")]))
     assert hs["status"] == "Progressing"
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from kubeforge.api.v1alpha1 import KINDS, KubeResource, ModelDeployment, TrainingJob
 from kubeforge.builders import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
 from kubeforge.manifests import load
@@ -208,7 +207,7 @@ def test_pod_annotations_and_overrides() -> None:
     assert tmpl["spec"]["hostname"] == "x"
 
     body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: "[1]"}
-    with pytest.raises(ValueError, match="kubeforge.io/pod-annotations"):
+    with pytest.raises(ValueError, match=r"kubeforge\.io/pod-annotations"):
         trainingjob.get_children(TrainingJob.model_validate(body), {}, SETTINGS)
 
 

@@ -32,7 +32,7 @@ ALLOWED_RESOURCES = {
                                      "modeldeployments") for r in (kind, f"{kind}/status", f"{kind}/finalizers")
 } | {
     ("batch", "jobs"), ("", "configmaps"), ("", "services"), ("", "pods"), ("", "events"),
-    ("events.k8s.io", "events"), ("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"),
+    ("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"),
     ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"),
 }
 READ_ONLY = {("", "pods"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
@@ -140,6 +140,7 @@ def test_deployment_is_single_replica_recreate_and_restricted(render: Render) ->
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"]
+    assert "--standalone" in c["args"] and "--all-namespaces" in c["args"]
 
 
 def test_values_reach_the_operator_environment(render: Render) -> None:
@@ -162,6 +163,9 @@ def test_values_reach_the_operator_environment(render: Render) -> None:
     assert env["KUBEFORGE_ARTIFACT_PVC"] == "models"
     assert env["KUBEFORGE_STORE_ROOT"] == "s3://bucket/kf"
     assert env["KUBEFORGE_METRICS_PORT"] == "9999"
+    assert env["KUBEFORGE_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    assert env["KUBEFORGE_WATCH_NAMESPACES"] == ""
+    assert "KUBEFORGE_TEST_HOOKS" not in env, "test hooks must never be on in a real install"
     assert c["image"] == "reg.local/op:dev"
     svc = one(objs, "Service")
     assert svc["spec"]["ports"][0]["port"] == 9999 and svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -193,10 +197,10 @@ def test_cluster_wide_rbac_is_least_privilege(render: Render) -> None:
     flat = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert not any(r == "secrets" for _, r in flat), "the operator never reads Secrets"
     # What the controllers need.
-    assert {"create", "delete"} <= flat[("batch", "jobs")]
+    assert {"create", "delete", "list", "get"} <= flat[("batch", "jobs")]
     assert {"patch"} <= flat[("kubeforge.io", "trainingjobs/status")]
     assert {"create"} <= flat[("", "events")]
-    assert {"create", "patch"} <= flat[("apps", "deployments")]
+    assert {"create", "patch", "delete"} <= flat[("apps", "deployments")]
     assert {"list", "watch"} <= flat[("", "namespaces")]
     assert {"list", "watch"} <= flat[("apiextensions.k8s.io", "customresourcedefinitions")]
     binding = one(objs, "ClusterRoleBinding")
@@ -297,3 +301,48 @@ def test_rendered_crds_equal_the_generated_ones(render: Render) -> None:
         meta.pop("annotations")
         meta["labels"] = {k: v for k, v in meta["labels"].items() if k == "app.kubernetes.io/part-of"}
         assert crd == generated[name], f"{name}: rendered CRD differs from crds/{name}.yaml"
+
+
+# Kind → (apiGroup, plural) for the children the operator touches.
+RESOURCE_OF = {
+    "Job": ("batch", "jobs"), "Pod": ("", "pods"), "ConfigMap": ("", "configmaps"), "Service": ("", "services"),
+    "Deployment": ("apps", "deployments"), "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
+}
+
+
+def operator_api_calls() -> set[tuple[str, str, str]]:
+    """(verb, apiGroup, plural) of every Kubernetes call in the controllers, read from their source.
+
+    kube.get/list_objects/delete name their kind literally; kube.create/apply send builder output, whose kinds
+    are the literal `"kind": "X"` of operator/kubeforge/builders. Server-side apply needs create and patch.
+    """
+    import re
+
+    controllers = "\n".join(p.read_text() for p in (ROOT / "operator/kubeforge/controllers").glob("*.py"))
+    builders = "\n".join(p.read_text() for p in (ROOT / "operator/kubeforge/builders").glob("*.py"))
+    calls: set[tuple[str, str, str]] = set()
+    verb_of = {"get": "get", "list_objects": "list", "delete": "delete"}
+    for fn, kind in re.findall(r'kube\.(get|list_objects|delete)\(\s*"[^"]+",\s*"(\w+)"', controllers):
+        calls.add((verb_of[fn], *RESOURCE_OF[kind]))
+    child_kinds = set(re.findall(r'"kind": "(\w+)"', builders)) & set(RESOURCE_OF)
+    assert {"Job", "ConfigMap", "Deployment"} <= child_kinds, child_kinds
+    if "kube.create(" in controllers:
+        calls |= {("create", *RESOURCE_OF[k]) for k in child_kinds}
+    if "kube.apply(" in controllers:
+        # Only the serving children are applied (controllers/modeldeployment.py).
+        md = (ROOT / "operator/kubeforge/builders/modeldeployment.py").read_text()
+        for k in set(re.findall(r'"kind": "(\w+)"', md)) & set(RESOURCE_OF):
+            calls |= {("create", *RESOURCE_OF[k]), ("patch", *RESOURCE_OF[k])}
+    return calls
+
+
+def test_rbac_covers_every_call_the_operator_makes(render: Render) -> None:
+    """Fails when a controller starts using a verb/resource the chart does not grant."""
+    calls = operator_api_calls()
+    assert ("list", "", "pods") in calls and ("delete", "batch", "jobs") in calls  # the scan works
+    for objs in (render(), render({"watchNamespaces": "{team-a}"})):
+        rules = _rules(objs, "ClusterRole") + _rules(objs, "Role")
+        granted = {(v, g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
+                   for v in rule["verbs"]}
+        missing = sorted(calls - granted)
+        assert not missing, f"chart RBAC lacks {missing}: add them to charts/kubeforge/templates/rbac.yaml"

@@ -25,7 +25,7 @@ async def startup(
     settings.posting.level = logging.WARNING
     # No finalizers: children carry owner references and nothing outside Kubernetes needs cleaning.
     settings.persistence.finalizer = "kubeforge.io/unused"
-    settings.batching.worker_limit = 64
+    settings.queueing.worker_limit = 64
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))
     try:
         if metrics.start_server(s.metrics_port):

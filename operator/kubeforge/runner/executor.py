@@ -303,7 +303,7 @@ class Runner:
         )
         if up_to_date:
             state.event("UpToDate", f"spec and inputs unchanged ({digest[:19]}); skipped")
-            if node.resource.kind == "ModelDeployment":
+            if node.resource.kind == "ModelDeployment" and not state.is_true("Ready"):
                 state.set_condition("Ready", "True", "Converted", "model repository is up to date")
             self._finish(node, state, Outcome.SKIPPED)
             return None

@@ -1,0 +1,199 @@
+"""Operator throughput: N TrainingJobs whose Dataset already Succeeded → how fast do their Jobs appear?
+
+Runs `kubeforge operator` as a subprocess against the test cluster (hack/test-cluster.sh up), creates N
+TrainingJobs concurrently and watches TrainingJobs and Jobs to time create → Job created per object
+(client-side receive times, ms resolution). Reports p50/p95 latency, total time, reconciles/s (from the
+operator's own kubeforge_reconcile_total) and the operator's peak RSS (VmHWM).
+
+    python bench/operator_throughput.py --n 100 [--n 1000] [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION = "kubeforge.io", "v1alpha1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kubeconfig() -> str:
+    out = subprocess.run(["bash", str(REPO / "hack" / "test-cluster.sh"), "kubeconfig"], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+class Watcher:
+    """Record when each object was first seen (client clock) through a watch."""
+
+    def __init__(self, list_fn: Any, *args: Any) -> None:
+        from kubernetes import watch
+
+        self.seen: dict[str, float] = {}
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, args=(list_fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, list_fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            for event in self._watch.stream(list_fn, *args, timeout_seconds=3600):
+                obj = event["object"]
+                name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
+                self.seen.setdefault(name, time.monotonic())
+        except Exception:  # stop() cuts the stream
+            return
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def peak_rss_mib(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def reconcile_total(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    pattern = r'^kubeforge_reconcile_total\{[^}]*kind="TrainingJob"[^}]*\} (\S+)'
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+def run(n: int, kcfg: str, timeout: float) -> dict[str, Any]:
+    from kubernetes import client, config
+
+    config.load_kube_config(config_file=kcfg)
+    core, custom, batch = client.CoreV1Api(), client.CustomObjectsApi(), client.BatchV1Api()
+    ns = f"kf-bench-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    for _ in range(120):
+        try:
+            core.read_namespaced_service_account("default", ns)
+            break
+        except client.ApiException:
+            time.sleep(0.5)
+    # The input Dataset, already Succeeded (status written before the operator starts, so it is settled).
+    ds = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Dataset", "metadata": {"name": "corpus", "namespace": ns},
+          "spec": {"task": "instruction", "source": {"uris": ["s3://bench/raw.jsonl"]}}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, ns, "datasets", ds)
+    status = {"status": {"observedGeneration": 1, "artifactUri": "s3://bench/corpus", "digest": "sha256:0",
+                         "conditions": [{"type": "Succeeded", "status": "True", "reason": "Completed", "message": "",
+                                         "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, "datasets", "corpus", status)
+
+    mport, lport = free_port(), free_port()
+    env = {**os.environ, "KUBECONFIG": kcfg, "KUBEFORGE_METRICS_PORT": str(mport),
+           "KUBEFORGE_STORE_ROOT": "s3://bench/store"}
+    log = open(f"/tmp/{ns}-operator.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "kubeforge", "operator", "-n", ns, "--liveness",
+                             f"http://127.0.0.1:{lport}/healthz"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{lport}/healthz", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"operator did not start; see /tmp/{ns}-operator.log") from None
+                time.sleep(0.3)
+        base = reconcile_total(mport)
+        tj_watch = Watcher(custom.list_namespaced_custom_object, GROUP, VERSION, ns, "trainingjobs")
+        job_watch = Watcher(batch.list_namespaced_job, ns)
+        time.sleep(1)
+
+        def make(i: int) -> None:
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
+                    "metadata": {"name": f"tj-{i:05d}", "namespace": ns},
+                    "spec": {"method": "sft", "model": {"uri": "hf://org/tiny"}, "dataset": {"name": "corpus"},
+                             "resources": {"cpu": "100m", "memory": "128Mi"}}}
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", body)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(make, range(n)))
+        t_created = time.monotonic() - t0
+        want = {f"tj-{i:05d}-sft-g1" for i in range(n)}
+        while not want <= job_watch.seen.keys():
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"only {len(want & job_watch.seen.keys())}/{n} Jobs after {timeout}s")
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited; see /tmp/{ns}-operator.log")
+            time.sleep(0.2)
+        total = time.monotonic() - t0
+        latencies = [job_watch.seen[f"tj-{i:05d}-sft-g1"] - tj_watch.seen[f"tj-{i:05d}"] for i in range(n)]
+        reconciles = reconcile_total(mport) - base
+        rss = peak_rss_mib(proc.pid)
+        tj_watch.stop()
+        job_watch.stop()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        core.delete_namespace(ns)
+    return {
+        "n": n,
+        "create_seconds": round(t_created, 2),
+        "total_seconds": round(total, 2),
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_p95_s": round(percentile(latencies, 95), 3),
+        "latency_max_s": round(max(latencies), 3),
+        "jobs_per_second": round(n / total, 1),
+        "reconciles": int(reconciles),
+        "reconciles_per_second": round(reconciles / total, 1),
+        "operator_peak_rss_mib": round(rss, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, action="append", help="TrainingJobs per run (repeatable; default 100).")
+    parser.add_argument("--quick", action="store_true", help="One small run (N=20).")
+    parser.add_argument("--timeout", type=float, default=900, help="Seconds to wait for all Jobs.")
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBEFORGE_BENCH_KUBECONFIG"))
+    args = parser.parse_args()
+    sizes = [20] if args.quick else (args.n or [100])
+    kcfg = args.kubeconfig or kubeconfig()
+    results = [run(n, kcfg, args.timeout) for n in sizes]
+    print(json.dumps(results, indent=2))
+    print(f"\n{'N':>6} {'total s':>8} {'p50 s':>7} {'p95 s':>7} {'jobs/s':>7} {'recs/s':>7} {'RSS MiB':>8}")
+    for r in results:
+        print(f"{r['n']:>6} {r['total_seconds']:>8} {r['latency_p50_s']:>7} {r['latency_p95_s']:>7} "
+              f"{r['jobs_per_second']:>7} {r['reconciles_per_second']:>7} {r['operator_peak_rss_mib']:>8}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
