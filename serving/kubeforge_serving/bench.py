@@ -79,7 +79,8 @@ def worker(
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(threads)
-        model = AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=torch.float32).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=torch.float32)
+        model.eval()
 
         def run(x: dict[str, np.ndarray]) -> np.ndarray:
             with torch.no_grad():

@@ -131,7 +131,7 @@ def load_model(model_dir: str | Path, task: str = "auto") -> tuple[torch.nn.Modu
 
 def pad_token_id(model: torch.nn.Module) -> int:
     """Pad id the server uses when it batches requests of different lengths."""
-    cfg: Any = model.config  # type: ignore[union-attr]
+    cfg: Any = model.config
     pid = cfg.pad_token_id
     if pid is None:
         eos = cfg.eos_token_id
@@ -140,7 +140,7 @@ def pad_token_id(model: torch.nn.Module) -> int:
 
 
 def _cache_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    cfg: Any = model.config  # type: ignore[union-attr]
+    cfg: Any = model.config
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
@@ -180,7 +180,8 @@ def _kv_wrapper(model: torch.nn.Module) -> torch.nn.Module:
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *flat: Any) -> tuple[Any, ...]:
-            cache = DynamicCache(config=self.inner.config)
+            cfg: Any = self.inner.config
+            cache = DynamicCache(config=cfg)
             for i in range(len(flat) // 2):
                 cache.update(flat[2 * i], flat[2 * i + 1], i)
             out = self.inner(
@@ -210,7 +211,8 @@ def export_onnx(model: torch.nn.Module, task: Task, out: str | Path, opset: int 
         )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    vocab = int(model.config.vocab_size)  # type: ignore[union-attr]
+    cfg: Any = model.config
+    vocab = int(cfg.vocab_size)
     gen = torch.Generator().manual_seed(0)
     batch, seq = 2, 8
     ids = torch.randint(3, vocab, (batch, seq), generator=gen)
@@ -289,7 +291,8 @@ def parity_inputs(
 ) -> dict[str, np.ndarray]:
     """Fixed token ids with one right-padded row (so padding handling is part of the check)."""
     rng = np.random.default_rng(seed)
-    vocab = int(model.config.vocab_size)  # type: ignore[union-attr]
+    cfg: Any = model.config
+    vocab = int(cfg.vocab_size)
     ids = rng.integers(3, vocab, size=(batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
     mask[-1, seq // 2 :] = 0
@@ -395,7 +398,7 @@ def export_with_parity(
     inputs = parity_inputs(model, resolved)
     ref = torch_logits(model, inputs)
     # Quantization compares against the same PyTorch logits without reloading torch.
-    np.savez(out / REFERENCE_FILE, logits=ref, **inputs)
+    np.savez(out / REFERENCE_FILE, logits=ref, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     par = compare(ref, ort_logits(onnx_path, inputs), inputs["attention_mask"], resolved)
     report: dict[str, Any] = {
         "task": resolved,

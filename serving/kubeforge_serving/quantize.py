@@ -53,7 +53,9 @@ def calibration_feeds(
     feeds = []
     for text in texts:
         enc = tok(text, truncation=True, max_length=max_length, return_tensors="np")
-        feed = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask") if k in input_names}
+        feed: dict[str, np.ndarray] = {
+            k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask") if k in input_names
+        }
         if feed["input_ids"].shape[1] > 0:
             feeds.append(feed)
     return feeds

@@ -69,8 +69,11 @@ class Release:
                 "resourceAttributes": attrs,
             },
         }
-        out = self.cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
-        return bool(json.loads(out.stdout)["status"].get("allowed", False))
+        from kubernetes import client
+
+        api = client.AuthorizationV1Api(self.cluster.api_client())
+        out = api.create_subject_access_review(review)
+        return bool(out.status.allowed)
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:

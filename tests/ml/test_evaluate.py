@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
+from kubeforge.api.v1alpha1.evaluation import EvaluationStatus
 from kubeforge_trainer import dataio, evaluate, metrics
 from kubeforge_trainer.runtime import ProgressReporter, StageError
 
@@ -32,7 +32,11 @@ def mc_records() -> list[dict[str, Any]]:
         choices = sorted([color, *wrong])
         gold = choices.index(color)
         out.append(
-            {"question": f"What color is the {thing}?", "choices": choices, "answer": "ABCD"[gold] if i % 2 else str(gold)}
+            {
+                "question": f"What color is the {thing}?",
+                "choices": choices,
+                "answer": "ABCD"[gold] if i % 2 else str(gold),
+            }
         )
     return out
 
@@ -89,9 +93,8 @@ def _train(model: Any, batches: Callable[[], dict[str, Any]], steps: int, lr: fl
 def trained_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer LLaMA trained (plain torch, answer-only loss, ~3 s) until it reproduces `training_pairs()`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from kubeforge_trainer.modelio import train_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     pairs = training_pairs()
@@ -180,6 +183,8 @@ def run_eval(
     assert result.details["reportUri"].endswith("/report.json")
     assert result.metrics == report["metrics"]
     assert result.artifact is not None and result.artifact.digest
+    status = EvaluationStatus.model_validate({**result.details, "metrics": result.metrics})
+    assert status.sample_count == len(samples) and status.failed_thresholds == report["failedThresholds"]
     return result, report, samples
 
 
@@ -203,10 +208,13 @@ def test_classification_thresholds_and_independent_argmax(
     model = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
     tok = AutoTokenizer.from_pretrained(classifier)
     with torch.no_grad():
-        expected = [model.config.id2label[int(model(**tok(t, return_tensors="pt")).logits.argmax())] for t, _ in CLS_TEXTS]
+        ids = [int(model(**tok(t, return_tensors="pt")).logits.argmax()) for t, _ in CLS_TEXTS]
+    expected = [model.config.id2label[i] for i in ids]
     assert [s["prediction"] for s in samples] == expected
     assert [s["reference"] for s in samples] == [lab for _, lab in CLS_TEXTS]
-    assert result.metrics["accuracy"] == pytest.approx(sum(e == lab for e, (_, lab) in zip(expected, CLS_TEXTS)) / 12)
+    assert result.metrics["accuracy"] == pytest.approx(
+        sum(e == lab for e, (_, lab) in zip(expected, CLS_TEXTS, strict=True)) / 12
+    )
     assert result.metrics["accuracy"] >= 0.9  # the trained classifier separates the two classes
     assert result.details["passed"] is False
     assert result.details["failedThresholds"] == [f"f1 {result.metrics['f1']:.6g} (want <= 0.5)"]
@@ -230,7 +238,7 @@ def test_unknown_label_is_one_line_error(
     make_stage_config: Callable[..., Any], tmp_path: Path, classifier: Path
 ) -> None:
     data = dataset(tmp_path / "data", [{"text": "x", "label": "neutral"}])
-    with pytest.raises(StageError, match=r"label 'neutral' is not one of the model's labels \['negative', 'positive'\]"):
+    with pytest.raises(StageError, match=r"label 'neutral' is not one of the model's labels \['negative', 'posi"):
         run_eval(make_stage_config, tmp_path, classifier, data, {"taskType": "classification", "metrics": ["f1"]})
 
 
@@ -272,6 +280,23 @@ def test_generation_trained_model_scores_high(
     assert result.details["failedThresholds"] == [f"bleu {result.metrics['bleu']:.6g} (want >= 101)"]
 
 
+def test_generation_chat_records_sampling_is_seeded(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    """Chat records: the prompt is the chat template up to the last turn, the reference that turn."""
+    recs = [
+        {"messages": [{"role": "user", "content": f"color of {t}?"}, {"role": "assistant", "content": c}]}
+        for t, c in sorted(COLORS.items())
+    ]
+    data = dataset(tmp_path / "data", recs)
+    spec = {"taskType": "generation", "metrics": ["rougeL"], "generation": {"maxNewTokens": 4, "temperature": 0.8}}
+    _, _, first = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    _, _, second = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    assert [s["reference"] for s in first] == [c for _, c in sorted(COLORS.items())]
+    assert first[0]["input"].endswith("<|assistant|>\n") and "color of blood?" in first[0]["input"]
+    assert [s["prediction"] for s in first] == [s["prediction"] for s in second]
+
+
 def test_language_modeling_perplexity_matches_hf_loss(
     make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
 ) -> None:
@@ -280,7 +305,11 @@ def test_language_modeling_perplexity_matches_hf_loss(
 
     texts = ["the cat sat on the mat.", generation_records()[0]["prompt"] + generation_records()[0]["completion"], "ok"]
     data = dataset(tmp_path / "data", [{"text": t} for t in texts])
-    spec = {"taskType": "language-modeling", "metrics": ["perplexity"], "thresholds": [{"metric": "perplexity", "max": 1e9}]}
+    spec = {
+        "taskType": "language-modeling",
+        "metrics": ["perplexity"],
+        "thresholds": [{"metric": "perplexity", "max": 1e9}],
+    }
     result, report, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
     model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
     tok = AutoTokenizer.from_pretrained(trained_lm)
@@ -298,7 +327,7 @@ def test_language_modeling_perplexity_matches_hf_loss(
     assert report["tokens"] == n
     assert result.metrics["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
     assert [s["score"] for s in samples] == pytest.approx(per_text, rel=1e-5)
-    assert 1.0 < result.metrics["perplexity"] < len(tok)
+    assert result.metrics["perplexity"] > 1.0
 
 
 def test_multiple_choice_picks_most_likely_option(

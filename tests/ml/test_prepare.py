@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import string
 import subprocess
 import sys
@@ -14,8 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-
-from kubeforge.api.v1alpha1.dataset import Dataset
+from kubeforge.api.v1alpha1.dataset import Dataset, DatasetStatus
 from kubeforge.stage import ResolvedInput, StageConfig, StageResult, build_stage_config
 from kubeforge_trainer import dataio, prepare
 from kubeforge_trainer.runtime import ProgressReporter, StageError
@@ -105,6 +105,8 @@ def test_text_task_every_rule_counts(tmp_path: Path) -> None:
     assert stats["statistics"]["length"]["min"] >= 10 and stats["statistics"]["length"]["max"] <= 300
     assert d["statistics"]["length.p50"] <= d["statistics"]["length.p95"] <= d["statistics"]["length.max"]
     assert d["digest"].startswith("sha256:") and d["artifactUri"] == cfg.output_uri
+    status = DatasetStatus.model_validate(d)  # details are DatasetStatus fields, camelCase
+    assert status.counts is not None and status.counts.train == 33 and status.artifact_uri == cfg.output_uri
     assert result.artifact is not None and result.artifact.digest and result.artifact.size_bytes
     lineage = json.loads((out_dir(cfg) / "lineage.json").read_text())
     assert lineage["producer"]["kind"] == "Dataset" and lineage["artifact"]["digest"] == result.artifact.digest
@@ -174,7 +176,8 @@ def test_preference_parquet_and_from_dataset(tmp_path: Path) -> None:
     result = run(child)
     d = result.details or {}
     assert d["counts"]["input"] == 16
-    assert d["removed"]["excludeRegex"] == (1 if any(r["chosen"] == "good 1" for r in splits_of(parent)["train"]) else 0)
+    expected = sum(bool(re.search(r"good 1\b", r["chosen"])) for r in splits_of(parent)["train"])
+    assert d["removed"]["excludeRegex"] == expected
     assert [e.name for e in result.lineage or []] == ["parent"]
 
 

@@ -80,6 +80,7 @@ def test_dynamic_batching_pads_mixed_lengths(served: dict[str, Any]) -> None:
     rng = np.random.default_rng(0)
     seqs = [rng.integers(3, 300, size=(1, n)) for n in (3, 9, 5, 12, 7, 4, 11, 6)]
     alone = [c.logits(s) for s in seqs]
+    time.sleep(0.5)
     before = _metric(served, "nv_inference_exec_count", "tiny_fp32")
     results: list[Any] = [None] * len(seqs)
 
@@ -98,6 +99,7 @@ def test_dynamic_batching_pads_mixed_lengths(served: dict[str, Any]) -> None:
     for a, b in zip(alone, results, strict=True):
         assert b.shape == a.shape
         np.testing.assert_allclose(b, a, atol=1e-4)
+    time.sleep(0.5)  # counters are updated just after the responses
     executions = _metric(served, "nv_inference_exec_count", "tiny_fp32") - before
     assert executions < len(seqs), "requests were not batched together"
     for cl in [c, *clients]:
@@ -141,12 +143,22 @@ def _metric(served: dict[str, Any], name: str, model: str) -> float:
     return total
 
 
+def _wait_metric(served: dict[str, Any], name: str, model: str, expected: float) -> float:
+    """Triton updates counters just after the response is sent: poll briefly."""
+    deadline = time.monotonic() + 10
+    value = _metric(served, name, model)
+    while value < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = _metric(served, name, model)
+    return value
+
+
 def test_metrics_count_successful_requests(served: dict[str, Any]) -> None:
     before = _metric(served, "nv_inference_request_success", "tiny_int8")
     c = _client(served, "tiny_int8", "http")
     for n in range(5):
         c.logits([[5, 6, 7 + n]])
-    assert _metric(served, "nv_inference_request_success", "tiny_int8") - before == 5
+    assert _wait_metric(served, "nv_inference_request_success", "tiny_int8", before + 5) == before + 5
     c.close()
 
 
@@ -154,22 +166,28 @@ def test_bad_requests_get_clear_errors_and_server_stays_up(served: dict[str, Any
     from tritonclient.utils import InferenceServerException
 
     c = _client(served, "tiny_fp32", "grpc")
-    ids = np.array([[5, 6, 7]], np.int64)
-    with pytest.raises(InferenceServerException, match=r"data-type is .FP32., but model .tiny_fp32. expects .INT64."):
-        c.infer({"input_ids": ids.astype(np.float32), "attention_mask": np.ones_like(ids)})
-    with pytest.raises(InferenceServerException, match=r"(?i)shape|dims"):
-        c.infer({"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None]})
-    with pytest.raises(InferenceServerException, match=r"attention_mask shape \[1, 2\] != input_ids shape \[1, 3\]"):
-        c.infer({"input_ids": ids, "attention_mask": np.ones((1, 2), np.int64)})
     h = _client(served, "tiny_fp32", "http")
-    with pytest.raises(InferenceServerException, match="input_ids"):
-        h.infer({"attention_mask": np.ones_like(ids)})
-    assert served["server"].ready()
-    before = _metric(served, "nv_inference_request_success", "tiny_fp32")
-    assert c.logits(ids).shape == (1, 3, 300)
-    assert _metric(served, "nv_inference_request_success", "tiny_fp32") == before + 1
-    c.close()
-    h.close()
+    try:
+        ids = np.array([[5, 6, 7]], np.int64)
+        with pytest.raises(
+            InferenceServerException, match=r"data-type is .FP32., but model .tiny_fp32. expects .INT64."
+        ):
+            c.infer({"input_ids": ids.astype(np.float32), "attention_mask": np.ones_like(ids)})
+        with pytest.raises(InferenceServerException, match=r"(?i)shape|dims"):
+            c.infer({"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None]})
+        with pytest.raises(
+            InferenceServerException, match=r"attention_mask shape \[1, 2\] != input_ids shape \[1, 3\]"
+        ):
+            c.infer({"input_ids": ids, "attention_mask": np.ones((1, 2), np.int64)})
+        with pytest.raises(InferenceServerException, match="input_ids"):
+            h.infer({"attention_mask": np.ones_like(ids)})
+        assert served["server"].ready()
+        before = _metric(served, "nv_inference_request_success", "tiny_fp32")
+        assert c.logits(ids).shape == (1, 3, 300)
+        assert _wait_metric(served, "nv_inference_request_success", "tiny_fp32", before + 1) == before + 1
+    finally:
+        c.close()
+        h.close()
 
 
 def test_version_switch_under_load_loses_no_request(served: dict[str, Any]) -> None:

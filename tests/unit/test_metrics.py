@@ -6,11 +6,10 @@ import math
 
 import pytest
 import sacrebleu
+from kubeforge_trainer import metrics
 from nltk.translate.nist_score import corpus_nist
 from rouge_score import rouge_scorer
 from sklearn import metrics as skm
-
-from kubeforge_trainer import metrics
 
 TOL = 1e-6
 

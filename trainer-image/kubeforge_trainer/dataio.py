@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
 from kubeforge.stage import local_path
 
 from .runtime import StageError

@@ -16,6 +16,7 @@ Task types and the records they read:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import string
@@ -37,6 +38,13 @@ MAX_INPUT_TOKENS = 2048
 MC_PROMPT = "Question: {question}\nAnswer:"
 NUMERIC_PROMPT = "Question: {question}\nAnswer:"
 NUMERIC_STOPS = ("\nQuestion:", "Question:", "\n\n")
+# Columns checked before any model is loaded (generation/language-modeling accept several shapes).
+REQUIRED_COLUMNS: dict[EvalTask, tuple[str, ...]] = {
+    EvalTask.CLASSIFICATION: ("text", "label"),
+    EvalTask.REGRESSION: ("text", "value"),
+    EvalTask.MULTIPLE_CHOICE: ("question", "choices", "answer"),
+    EvalTask.NUMERIC_ANSWER: ("question", "answer"),
+}
 
 
 @dataclass
@@ -225,14 +233,15 @@ def eval_regression(ctx: Context) -> Outcome:
     preds = [row[0] for row in _sequence_logits(ctx, model, tok, [str(r["text"]) for r in ctx.records])]
     refs = [float(r["value"]) for r in ctx.records]
     m = metrics.regression(refs, preds)
-    samples = [
-        {"input": str(r["text"])[:500], "reference": y, "prediction": p, "score": abs(p - y)}
-        for r, y, p in zip(ctx.records, refs, preds, strict=True)
+    errors = [abs(p - y) for y, p in zip(refs, preds, strict=True)]
+    samples: list[Record] = [
+        {"input": str(r["text"])[:500], "reference": y, "prediction": p, "score": err}
+        for r, y, p, err in zip(ctx.records, refs, preds, errors, strict=True)
     ]
     return Outcome(
         metrics={k: v for k, v in m.items() if k in ctx.wanted},
         samples=samples,
-        plot=lambda path: _plot_hist(path, [s["score"] for s in samples], "absolute error"),
+        plot=lambda path: _plot_hist(path, errors, "absolute error"),
     )
 
 
@@ -304,27 +313,26 @@ def eval_generation(ctx: Context) -> Outcome:
     preds = [p.strip() for p in generate(ctx, model, tok, prompts, special)]
     refs = [r.strip() for r in refs]
     m = metrics.generation(preds, refs, ctx.wanted)
-    samples = []
-    for p, pred, ref in zip(prompts, preds, refs, strict=True):
-        per = metrics.rouge_per_sample(pred, ref)
-        samples.append(
-            {
-                "input": p[-500:],
-                "reference": ref,
-                "prediction": pred,
-                "score": per["rougeL"],
-                "exactMatch": metrics.normalize_answer(pred) == metrics.normalize_answer(ref),
-            }
-        )
-    return Outcome(
-        metrics=m, samples=samples, plot=lambda path: _plot_hist(path, [s["score"] for s in samples], "ROUGE-L F1")
-    )
+    scores = [metrics.rouge_per_sample(pred, ref)["rougeL"] for pred, ref in zip(preds, refs, strict=True)]
+    samples: list[Record] = [
+        {
+            "input": p[-500:],
+            "reference": ref,
+            "prediction": pred,
+            "score": score,
+            "exactMatch": metrics.normalize_answer(pred) == metrics.normalize_answer(ref),
+        }
+        for p, pred, ref, score in zip(prompts, preds, refs, scores, strict=True)
+    ]
+    return Outcome(metrics=m, samples=samples, plot=lambda path: _plot_hist(path, scores, "ROUGE-L F1"))
 
 
 # --------------------------------------------------------------------------------- log-likelihoods
 
 
-def sequence_logprobs(ctx: Context, model: Any, seqs: list[list[int]], score_from: list[int]) -> list[tuple[float, int]]:
+def sequence_logprobs(
+    ctx: Context, model: Any, seqs: list[list[int]], score_from: list[int]
+) -> list[tuple[float, int]]:
     """(sum of log p(token | prefix), tokens scored) for tokens at positions >= score_from[i] (>= 1)."""
     import torch
 
@@ -376,16 +384,11 @@ def eval_language_modeling(ctx: Context) -> Outcome:
     n_tokens = sum(n for _, n in scores)
     if n_tokens == 0:
         raise StageError("no text with at least two tokens to score; check the evaluation split")
-    samples = [
-        {
-            "input": t[:500],
-            "tokens": n,
-            "nll": -lp,
-            "score": math.exp(-lp / n) if n else None,
-        }
+    samples: list[Record] = [
+        {"input": t[:500], "tokens": n, "nll": -lp, "score": math.exp(-lp / n) if n else None}
         for t, (lp, n) in zip(texts, scores, strict=True)
     ]
-    ppl = [s["score"] for s in samples if s["score"] is not None]
+    ppl = [math.exp(-lp / n) for lp, n in scores if n]
     return Outcome(
         metrics={"perplexity": metrics.perplexity(total_nll, n_tokens)},
         samples=samples,
@@ -408,8 +411,8 @@ def answer_index(answer: Any, choices: Sequence[Any], index: int) -> int:
     if s in texts:
         return texts.index(s)
     raise StageError(
-        f"record {index}: answer {answer!r} is neither an index 0..{n - 1}, a letter A..{string.ascii_uppercase[n - 1]} "
-        "nor one of the choices",
+        f"record {index}: answer {answer!r} is neither an index 0..{n - 1}, a letter "
+        f"A..{string.ascii_uppercase[min(n, 26) - 1]} nor one of the choices",
         reason="InvalidData",
     )
 
@@ -447,7 +450,7 @@ def eval_multiple_choice(ctx: Context) -> Outcome:
         starts += st
     scores = sequence_logprobs(ctx, model, seqs, starts)
     preds: list[int] = []
-    samples = []
+    samples: list[Record] = []
     for r, span, gold in zip(ctx.records, spans, golds, strict=True):
         lls = [scores[j][0] for j in span]
         pred = max(range(len(lls)), key=lls.__getitem__)
@@ -467,7 +470,7 @@ def eval_multiple_choice(ctx: Context) -> Outcome:
     return Outcome(
         metrics={"accuracy": metrics.accuracy(golds, preds)},
         samples=samples,
-        plot=lambda path: _plot_hist(path, [s["score"] for s in samples], "correct (1) / wrong (0)"),
+        plot=lambda path: _plot_hist(path, [float(p == g) for p, g in zip(preds, golds, strict=True)], "correct"),
         extra={"chanceAccuracy": chance},
     )
 
@@ -497,7 +500,7 @@ def eval_numeric_answer(ctx: Context) -> Outcome:
         m["accuracy"] = sum(correct) / len(correct)
     if "exact_match" in ctx.wanted:
         m["exact_match"] = metrics.exact_match(outputs, final)
-    samples = [
+    samples: list[Record] = [
         {"input": p[-500:], "generated": o, "prediction": pn, "reference": gn, "score": float(c)}
         for p, o, pn, gn, c in zip(prompts, outputs, pred_nums, gold_nums, correct, strict=True)
     ]
@@ -583,7 +586,6 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     for key in ("model", "dataset"):
         if key not in config.inputs:
             raise StageError(f"input {key!r} was not resolved; check spec.{key}", reason="DependencyMissing")
-    from .modelio import model_location
 
     data_uri = config.inputs["dataset"].uri
     records = dataio.read_split_records(data_uri, spec.dataset.split)
@@ -591,6 +593,9 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         records = records[: spec.max_samples]
     if not records:
         raise StageError(f"split {spec.dataset.split!r} of {data_uri} is empty; nothing to evaluate")
+    _need(records, REQUIRED_COLUMNS.get(spec.task_type, ()), spec.task_type.value)
+    from .modelio import model_location  # imports torch: only once the data is known to fit
+
     model_loc = model_location(config.inputs["model"].uri)
     ctx = Context(
         spec=spec,
@@ -625,10 +630,8 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
             for i, s in enumerate(outcome.samples):
                 fh.write(json.dumps({"index": i, **s}, sort_keys=True, default=str) + "\n")
         if outcome.plot is not None:
-            try:
+            with contextlib.suppress(ImportError):  # matplotlib is optional in the trainer image
                 outcome.plot(out / "plot.png")
-            except ImportError:  # matplotlib is optional in the trainer image
-                pass
         if dataio.is_local(config.output_uri):
             artifact = artifact_for(config.output_uri)
             write_lineage(config, artifact)

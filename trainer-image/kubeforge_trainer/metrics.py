@@ -85,7 +85,7 @@ def bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
 def _tokenizer_13a() -> Any:
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-    return Tokenizer13a()
+    return Tokenizer13a()  # type: ignore[no-untyped-call]
 
 
 def tokenize(text: str) -> list[str]:
@@ -174,7 +174,7 @@ def extract_number(text: str) -> str | None:
     found = _NUMBER.findall(text)
     if not found:
         return None
-    value = found[-1].replace(",", "")
+    value = str(found[-1]).replace(",", "")
     if "." in value:
         value = value.rstrip("0").rstrip(".") or "0"
     return value

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
-
 from kubeforge.api.v1alpha1.dataset import (
     TASK_COLUMNS,
     Dataset,
