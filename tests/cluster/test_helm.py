@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ class Release:
     def fullname(self) -> str:
         return f"{self.name}-kubeforge"
 
+    @cached_property
+    def authz(self) -> Any:
+        from kubernetes import client
+
+        return client.AuthorizationV1Api(self.cluster.api_client())
+
     @property
     def user(self) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.fullname}"
@@ -54,26 +61,21 @@ class Release:
     def allowed(self, verb: str, resource: str, group: str = "", namespace: str | None = None,
                 subresource: str = "") -> bool:
         """Ask the API server (SubjectAccessReview) whether the chart's ServiceAccount may do this."""
-        attrs: dict[str, Any] = {"verb": verb, "resource": resource, "group": group}
-        if namespace is not None:
-            attrs["namespace"] = namespace
-        if subresource:
-            attrs["subresource"] = subresource
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": self.user,
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{self.namespace}",
-                           "system:authenticated"],
-                "resourceAttributes": attrs,
-            },
-        }
         from kubernetes import client
 
-        api = client.AuthorizationV1Api(self.cluster.api_client())
-        out = api.create_subject_access_review(review)
-        return bool(out.status.allowed)
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=self.user,
+                groups=["system:serviceaccounts", f"system:serviceaccounts:{self.namespace}",
+                        "system:authenticated"],
+                resource_attributes=client.V1ResourceAttributes(
+                    verb=verb, resource=resource, group=group, namespace=namespace,
+                    subresource=subresource or None,
+                ),
+            )
+        )
+        out = self.authz.create_subject_access_review(review)
+        return out.status is not None and bool(out.status.allowed)
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
