@@ -162,14 +162,29 @@ def test_modeldeployment(case: str, conditions: list[dict[str, Any]] | None, gen
 
 def test_every_operator_warning_reason_is_degraded() -> None:
     """The operator's own list of failure reasons (Warning events) must all read Degraded in Argo CD."""
-    from kubeforge.controllers.common import WARNING_REASONS
-
-    for reason in sorted(WARNING_REASONS):
+    for reason in sorted(operator_warning_reasons()):
         hs = run_health("ModelDeployment", make("ModelDeployment", [cond("Ready", "False", reason, "x")]))
         assert hs["status"] == "Degraded", f"ModelDeployment Ready=False reason {reason}: {hs}"
         deps = [cond("DependenciesReady", "False", reason, "x"), cond("Succeeded", "Unknown", "Pending")]
         if reason != "ThresholdsFailed":  # a Passed reason, never on DependenciesReady
             assert run_health("TrainingJob", make("TrainingJob", deps))["status"] == "Degraded", reason
+
+
+def operator_warning_reasons() -> set[str]:
+    """WARNING_REASONS from kubeforge/controllers/common.py, read from source.
+
+    Not imported: importing the controllers registers kopf handlers and imports the kubernetes client (which
+    freezes $KUBECONFIG) in this process, which would break a later in-process operator in the same session.
+    """
+    import ast
+
+    tree = ast.parse((ROOT / "operator" / "kubeforge" / "controllers" / "common.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "WARNING_REASONS" for t in node.targets):
+            reasons = ast.literal_eval(node.value)
+            assert isinstance(reasons, set) and "InvalidSpec" in reasons
+            return {str(r) for r in reasons}
+    raise AssertionError("WARNING_REASONS not found in kubeforge/controllers/common.py")
 
 
 def test_modeldeployment_ignores_succeeded() -> None:
