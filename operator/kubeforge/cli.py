@@ -110,8 +110,11 @@ def operator(
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Verbose logging."),
     debug: bool = typer.Option(False, "--debug", help="Debug logging."),
+    standalone: bool = typer.Option(
+        True, "--standalone/--peering", help="Standalone (single replica, no kopf peering objects) or peering."
+    ),
 ) -> None:
-    """Run the Kubeforge operator (kopf, standalone: one replica, no peering)."""
+    """Run the Kubeforge operator (kopf; by default standalone: one replica, no peering)."""
     import kopf
 
     from . import controllers  # noqa: F401  (registers the handlers)
@@ -123,7 +126,7 @@ def operator(
         raise typer.Exit(2)
     kopf.configure(verbose=verbose, debug=debug)
     kopf.run(
-        standalone=True,
+        standalone=standalone,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness or None,
