@@ -97,7 +97,10 @@ def cluster() -> Iterator[Cluster]:
     mp.setenv("KUBECONFIG", str(kubeconfig))
     mp.setenv("PATH", f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
     from kubernetes import config
+    from kubernetes.config import kube_config
 
+    # The client fixes its default path at import time; kopf's login uses that default.
+    mp.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     try:
         yield Cluster(kubeconfig=kubeconfig, bin_dir=BIN_DIR)

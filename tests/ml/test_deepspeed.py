@@ -37,6 +37,14 @@ def test_config_comes_from_the_shared_generator() -> None:
     assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _torchrun(tmp_path: Path, name: str, config: Any) -> dict[str, Any]:
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(config.dump_yaml())
@@ -44,7 +52,7 @@ def _torchrun(tmp_path: Path, name: str, config: Any) -> dict[str, Any]:
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
         "-m", "kubeforge_trainer", config.stage, "--config", str(cfg),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -65,7 +73,7 @@ def test_zero2_two_processes_matches_ddp(
         spec = {
             "method": "pretrain",
             "model": {"uri": str(tiny_llama_dir)},
-            "dataset": {"name": "text", "evalSplit": None},
+            "dataset": {"name": "text"},
             "precision": "fp32",
             "distributed": {"strategy": strategy, "processesPerNode": 2, "zeroStage": 2},
             "hyperparameters": fast_hparams(maxSteps=6, batchSize=4, learningRate=1e-2, loggingSteps=1),

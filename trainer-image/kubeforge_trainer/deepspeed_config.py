@@ -41,6 +41,8 @@ def skip_cpu_shm_comm() -> None:
 
     if torch.cuda.is_available():
         return
-    import deepspeed.comm.torch as ds_torch
+    import importlib
 
+    # via sys.modules: the attribute `deepspeed.comm.torch` is shadowed by the torch package itself
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
     ds_torch.build_shm_op = lambda: None

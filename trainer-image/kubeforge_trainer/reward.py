@@ -24,6 +24,7 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
+    quiet_other_ranks,
     quantization_config,
     read_split,
     require_columns,
@@ -41,6 +42,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
 
     spec: RewardModelSpec = config.typed().spec  # type: ignore[attr-defined]
     check_device(spec)
+    quiet_other_ranks(reporter)
     if spec.peft.method in (PeftMethod.PREFIX, PeftMethod.PROMPT):
         raise StageError(
             f"spec.peft.method {spec.peft.method.value} is not supported for reward models: use lora, ia3, freeze or none"

@@ -25,6 +25,7 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
+    quiet_other_ranks,
     quantization_config,
     read_split,
     require_columns,
@@ -85,6 +86,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     algo = spec.algorithm
     hp = spec.hyperparameters
     check_device(spec)
+    quiet_other_ranks(reporter)
     check_merge(spec.peft)
     ds_config = setup_distributed(spec)
 

@@ -84,7 +84,7 @@ def write_lineage(config: StageConfig, artifact: Artifact) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: torchrun ranks may write at once
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -124,9 +124,20 @@ def checkpoint_uris(config: StageConfig, ckpt_dir: Path) -> list[str]:
     return [f"{base}/{p.name}" for p in found]
 
 
+def quiet_other_ranks(reporter: ProgressReporter) -> None:
+    """Only rank 0 writes progress.json (every rank trains; one reports)."""
+    if not is_main_process():
+        reporter.path = None
+
+
 def setup_distributed(spec: Any) -> dict[str, Any] | None:
     """DeepSpeed config (and process-group setup) when spec.distributed.strategy is deepspeed."""
     dist = getattr(spec, "distributed", None)
+    if dist is not None and dist.strategy == "deepspeed" and dist.tensor_parallel * dist.pipeline_parallel > 1:
+        raise StageError(
+            "spec.distributed.tensorParallel/pipelineParallel > 1 is not supported by the trainer yet: set them to 1 "
+            "(ZeRO shards the model instead)"
+        )
     if dist is None or dist.strategy != "deepspeed":
         return None
     ensure_launcher_env()
@@ -173,6 +184,7 @@ def training_kwargs(
         "report_to": "none",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,
         **precision_flags(spec.precision),
     }
     if deepspeed is not None:

@@ -28,6 +28,7 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
+    quiet_other_ranks,
     is_main_process,
     quantization_config,
     read_split,
@@ -82,6 +83,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     spec: TrainingJobSpec = config.typed().spec  # type: ignore[attr-defined]
     hp = spec.hyperparameters
     check_device(spec)
+    quiet_other_ranks(reporter)
     check_merge(spec.peft)
     if spec.peft.merge and spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage == 3:
         raise StageError("spec.peft.merge cannot merge ZeRO-3 partitioned weights: set merge false or zeroStage <= 2")
