@@ -2,8 +2,8 @@
 
 Both train the same tiny LLaMA on the same prompt/completion data, in one process, alternating
 (stage, plain, stage, plain, ...) so machine noise hits both alike. Throughput is tokens/s over the
-`trainer.train()` call (TRL's own `num_tokens` / train_runtime), so model/data loading is excluded
-for both. Prints a table and one JSON line.
+`SFTTrainer.train()` call (TRL's own `num_tokens` / seconds in that call, timed by the same wrapper on
+both sides), so model/data loading is excluded for both; `wall` includes it. Prints a table and one JSON line.
 
     python bench/trainer_overhead.py [--steps 200] [--repeats 3] [--hidden 128] [--json-out f.json]
 """
@@ -31,9 +31,8 @@ def make_assets(work: Path, hidden: int, layers: int) -> tuple[Path, Path]:
     """A tiny LLaMA + tokenizer and an instruction Dataset dir."""
     import torch
     from conftest import corpus, write_dataset  # tests/ml/conftest.py: the same fixtures the ml tier uses
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from kubeforge_trainer.modelio import train_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     tok = train_tokenizer(corpus(), vocab_size=400)
@@ -79,7 +78,6 @@ def spec(model_dir: Path, steps: int, batch: int) -> dict[str, Any]:
 def run_stage(work: Path, model_dir: Path, data: Path, steps: int, batch: int, i: int) -> dict[str, float]:
     """The real stage: `kubeforge_trainer.train.run` with a StageConfig, reporter and callback."""
     from conftest import stage_config
-
     from kubeforge_trainer import train
     from kubeforge_trainer.runtime import ProgressReporter
 
@@ -89,8 +87,7 @@ def run_stage(work: Path, model_dir: Path, data: Path, steps: int, batch: int, i
     result = train.run(config, ProgressReporter(config))
     wall = time.perf_counter() - t0
     assert result.succeeded, result.message
-    st = json.loads(sorted((out / "checkpoints").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
-    return _throughput(st["log_history"], wall)
+    return _throughput(wall)
 
 
 def run_plain(work: Path, model_dir: Path, data: Path, steps: int, batch: int, i: int) -> dict[str, float]:
@@ -125,13 +122,31 @@ def run_plain(work: Path, model_dir: Path, data: Path, steps: int, batch: int, i
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     trainer.train()
     wall = time.perf_counter() - t0
-    return _throughput(trainer.state.log_history, wall)
+    return _throughput(wall)
 
 
-def _throughput(history: list[dict[str, Any]], wall: float) -> dict[str, float]:
-    tokens = max(float(e["num_tokens"]) for e in history if "num_tokens" in e)
-    runtime = next(float(e["train_runtime"]) for e in history if "train_runtime" in e)
-    return {"tokens": tokens, "train_runtime": runtime, "tokens_per_second": tokens / runtime, "wall": wall}
+LAST: dict[str, Any] = {}
+
+
+def time_train_calls() -> None:
+    """Wrap SFTTrainer.train once: both sides are timed by the same code around the same call."""
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    inner = SFTTrainer.train
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = inner(self, *args, **kwargs)
+        LAST["seconds"] = time.perf_counter() - t0
+        LAST["tokens"] = max(float(e["num_tokens"]) for e in self.state.log_history if "num_tokens" in e)
+        return out
+
+    SFTTrainer.train = timed  # type: ignore[method-assign]
+
+
+def _throughput(wall: float) -> dict[str, float]:
+    tokens, secs = float(LAST["tokens"]), float(LAST["seconds"])
+    return {"tokens": tokens, "train_seconds": secs, "tokens_per_second": tokens / secs, "wall": wall}
 
 
 def main() -> int:
@@ -150,6 +165,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
         work = Path(tmp)
         model_dir, data = make_assets(work, a.hidden, a.layers)
+        time_train_calls()
         run_plain(work, model_dir, data, 10, a.batch, -1)  # warm-up: imports, allocator, kernels
         rows: dict[str, list[dict[str, float]]] = {"stage": [], "plain": []}
         for i in range(a.repeats):

@@ -160,8 +160,8 @@ def stage_config(
     name: str = "t",
 ) -> Any:
     """A StageConfig like the operator renders, with inputs as External URIs."""
-    from kubeforge.stage import ResolvedInput, StageConfig, external_inputs, stage_name
     from kubeforge.api.v1alpha1 import KINDS
+    from kubeforge.stage import ResolvedInput, StageConfig, external_inputs, stage_name
 
     body = {"apiVersion": "kubeforge.io/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": "ml"}}
     resource = KINDS[kind].model_validate({**body, "spec": spec})
@@ -169,9 +169,7 @@ def stage_config(
         stage=stage_name(resource),
         resource={**body, "spec": resource.spec.to_wire()},  # type: ignore[attr-defined]
         inputs=external_inputs(resource)
-        | {
-            k: ResolvedInput(kind="External", name=str(v), uri=str(v), digest=None) for k, v in (inputs or {}).items()
-        },
+        | {k: ResolvedInput(kind="External", name=str(v), uri=str(v), digest=None) for k, v in (inputs or {}).items()},
         output_uri=str(output),
         checkpoint_uri=str(output / "checkpoints"),
         progress_path=str(output / "progress.json"),

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from kubeforge.api.v1alpha1.trainingjob import TrainingJobSpec
 from kubeforge_trainer.deepspeed_config import deepspeed_config_for
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from kubeforge_trainer import modelio, reward
 from kubeforge_trainer.runtime import ProgressReporter, StageError
 
@@ -43,7 +42,8 @@ def test_reward_from_causal_lm_accuracy_rises(
     m = result.metrics
     assert m["pairwise_accuracy"] == 1.0 and m["pairwise_accuracy"] > m["pairwise_accuracy_initial"], m
     assert json.loads((out / "kubeforge-model.json").read_text())["task"] == "sequence-classification"
-    good, bad = _score(out, ["Tell me about the cat. The cat is good and kind.", "Tell me about the cat. bad bad cat bad bad."])
+    texts = ["Tell me about the cat. The cat is good and kind.", "Tell me about the cat. bad bad cat bad bad."]
+    good, bad = _score(out, texts)
     assert good > bad
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from kubeforge_trainer import modelio, reward, rlhf
 from kubeforge_trainer.runtime import ProgressReporter, StageError
 
@@ -58,7 +57,7 @@ def test_grpo_with_reward_functions_changes_policy(
     spec = _online_spec(
         tiny_llama_dir,
         "grpo",
-        {"functions": [{"name": "length", "targetLength": 12, "weight": 1.0}, {"name": "keyword", "keywords": ["blue"]}]},
+        {"functions": [{"name": "length", "targetLength": 12}, {"name": "keyword", "keywords": ["blue"]}]},
         fast_hparams(maxSteps=3, batchSize=8, learningRate=1e-2, loggingSteps=1),
     )
     out = tmp_path / "policy"
@@ -88,7 +87,7 @@ def test_dpo_offline_changes_policy(
     out = tmp_path / "policy"
     result = _run(make_stage_config("RLHFJob", spec, out, {"dataset": tiny_dataset_dir("preference")}))
     m = result.metrics
-    assert m["reward_final"] > 0 and m["reward_accuracy"] > 0.5, m  # chosen − rejected implicit reward margin
+    assert m["reward_final"] > 0 and m["reward_accuracy"] > 0.5, m  # chosen - rejected implicit reward margin
     assert _changed(tiny_llama_dir, out)
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from kubeforge_trainer import modelio, train
 from kubeforge_trainer.runtime import ProgressReporter, StageError
 
@@ -225,5 +224,5 @@ def test_empty_training_split_is_a_stage_error(
     for split in ("train", "validation", "test"):
         pq.write_table(pa.Table.from_pylist([], schema=schema), data / f"{split}.parquet")
     spec = {"method": "sft", "model": {"uri": str(tiny_llama_dir)}, "dataset": {"name": "d"}, "precision": "fp32"}
-    with pytest.raises(StageError, match="split 'train' of Dataset .* is empty"):
+    with pytest.raises(StageError, match=r"split 'train' of Dataset .* is empty"):
         _run(make_stage_config("TrainingJob", spec, tmp_path / "out", {"dataset": data}))

@@ -33,9 +33,7 @@ class ProgressCallback(TrainerCallback):
         if state.is_world_process_zero:
             self.reporter.update(force=True, step=state.global_step, total_steps=state.max_steps, epoch=state.epoch)
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.reporter.update(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch)
 

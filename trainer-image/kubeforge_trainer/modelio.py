@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from kubeforge.api.v1alpha1.common import ArchitectureConfig
+from kubeforge.stage import local_path
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -30,9 +32,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
-
-from kubeforge.api.v1alpha1.common import ArchitectureConfig
-from kubeforge.stage import local_path
 
 from .runtime import StageError
 
@@ -137,7 +136,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         show_progress=False,
     )
     tk.train_from_iterator(texts, trainer=trainer)
-    tok = PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tk,
         bos_token=BOS,
         eos_token=EOS,

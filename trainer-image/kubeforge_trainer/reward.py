@@ -24,28 +24,30 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
-    quiet_other_ranks,
     quantization_config,
+    quiet_other_ranks,
     read_split,
     require_columns,
     resume_point,
     training_kwargs,
 )
 
-PREFERENCE_COLUMNS = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
+PREFERENCE_COLUMNS: list[tuple[str, ...]] = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
 
 
 def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     """Train the reward model, measure pairwise accuracy, save a full model."""
     from transformers import AutoModelForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_config import RewardConfig
+    from trl.trainer.reward_trainer import RewardTrainer
 
     spec: RewardModelSpec = config.typed().spec  # type: ignore[attr-defined]
     check_device(spec)
     quiet_other_ranks(reporter)
     if spec.peft.method in (PeftMethod.PREFIX, PeftMethod.PROMPT):
         raise StageError(
-            f"spec.peft.method {spec.peft.method.value} is not supported for reward models: use lora, ia3, freeze or none"
+            f"spec.peft.method {spec.peft.method.value} is not supported for reward models: "
+            "use lora, ia3, freeze or none"
         )
 
     split = spec.dataset.split

@@ -3,7 +3,7 @@ functions (weighted per spec.reward), or offline DPO on preference pairs (TRL).
 
 Mapping: spec.klCoefficient → `beta`; spec.generation → num_generations, max_completion_length
 (online DPO: max_new_tokens), temperature, top_p. Metrics: `reward` is the mean reward of the
-sampled completions over the run (online), or the mean implicit reward margin chosen−rejected
+sampled completions over the run (online), or the mean implicit reward margin chosen-rejected
 (DPO); `reward_final` is the last logged value. The policy is saved like a TrainingJob output.
 """
 
@@ -25,8 +25,8 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
-    quiet_other_ranks,
     quantization_config,
+    quiet_other_ranks,
     read_split,
     require_columns,
     resume_point,
@@ -35,8 +35,8 @@ from .stagecommon import (
 )
 from .train import count_trainable, save_causal_lm
 
-PROMPT_COLUMNS = [("prompt",), ("messages",)]
-PREFERENCE_COLUMNS = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
+PROMPT_COLUMNS: list[tuple[str, ...]] = [("prompt",), ("messages",)]
+PREFERENCE_COLUMNS: list[tuple[str, ...]] = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
 # metric logged by each trainer that `reward` reports
 REWARD_KEY = {
     RLAlgorithm.GRPO: "reward",
@@ -84,7 +84,6 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     """Optimise the policy, report rewards, save it."""
     spec: RLHFJobSpec = config.typed().spec  # type: ignore[attr-defined]
     algo = spec.algorithm
-    hp = spec.hyperparameters
     check_device(spec)
     quiet_other_ranks(reporter)
     check_merge(spec.peft)
@@ -115,7 +114,6 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         modelio.ensure_chat_template(tok)
 
     kw = training_kwargs(spec, config, ckpt, has_eval=eval_ds is not None, deepspeed=ds_config)
-    gen = spec.generation
     reward_funcs: list[Any] = []
     reward_weights: list[float] = []
     reward_tokenizers: list[Any] = []
@@ -146,7 +144,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model = apply_peft(model, spec.peft, "CAUSAL_LM", tok_loc)
-    trainable, total = count_trainable(model)
+    trainable, _ = count_trainable(model)
 
     callback = ProgressCallback(reporter)
     common: dict[str, Any] = {
@@ -159,25 +157,19 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     trainer: Any
     try:
         if algo == RLAlgorithm.GRPO:
-            from trl import GRPOTrainer
+            from trl.trainer.grpo_trainer import GRPOTrainer
 
-            trainer = GRPOTrainer(
-                reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, **common
-            )
+            trainer = GRPOTrainer(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, **common)
         elif algo == RLAlgorithm.RLOO:
-            from trl import RLOOTrainer
+            from trl.trainer.rloo_trainer import RLOOTrainer
 
-            trainer = RLOOTrainer(
-                reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, **common
-            )
+            trainer = RLOOTrainer(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, **common)
         elif algo == RLAlgorithm.ONLINE_DPO:
             from trl.experimental.online_dpo import OnlineDPOTrainer
 
-            trainer = OnlineDPOTrainer(
-                reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, **common
-            )
+            trainer = OnlineDPOTrainer(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, **common)
         else:
-            from trl import DPOTrainer
+            from trl.trainer.dpo_trainer import DPOTrainer
 
             trainer = DPOTrainer(eval_dataset=eval_ds, **common)
     except ValueError as exc:  # TRL's own consistency checks (batch vs group size, ...)
@@ -230,7 +222,7 @@ def _config(spec: RLHFJobSpec, kw: dict[str, Any], reward_weights: list[float]) 
                 f"spec.generation.numGenerations {gen.num_generations} must divide spec.hyperparameters.batchSize x "
                 f"gradientAccumulationSteps x processes ({group}): change one of them"
             )
-        rl = {
+        rl: dict[str, Any] = {
             "num_generations": gen.num_generations,
             "max_completion_length": gen.max_completion_length,
             "temperature": gen.temperature,
@@ -240,10 +232,10 @@ def _config(spec: RLHFJobSpec, kw: dict[str, Any], reward_weights: list[float]) 
             "log_completions": False,
         }
         if algo == RLAlgorithm.GRPO:
-            from trl import GRPOConfig
+            from trl.trainer.grpo_config import GRPOConfig
 
             return GRPOConfig(**kw, **rl)
-        from trl import RLOOConfig
+        from trl.trainer.rloo_config import RLOOConfig
 
         return RLOOConfig(**kw, **rl)
     if algo == RLAlgorithm.ONLINE_DPO:
@@ -258,6 +250,6 @@ def _config(spec: RLHFJobSpec, kw: dict[str, Any], reward_weights: list[float]) 
             beta=[spec.kl_coefficient],
             reward_weights=reward_weights,
         )
-    from trl import DPOConfig
+    from trl.trainer.dpo_config import DPOConfig
 
     return DPOConfig(**kw, beta=spec.kl_coefficient, max_length=hp.max_length)

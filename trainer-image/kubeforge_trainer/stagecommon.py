@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from kubeforge.api.v1alpha1.common import Peft, PeftMethod, Precision
 from kubeforge.stage import StageConfig, StageResult, local_path
 
@@ -104,7 +103,7 @@ def resume_point(ckpt_dir: Path, resume: bool) -> str | None:
         return None
     from transformers.trainer_utils import get_last_checkpoint
 
-    last = get_last_checkpoint(str(ckpt_dir))
+    last = get_last_checkpoint(str(ckpt_dir))  # type: ignore[no-untyped-call]
     if last is None:
         return None
     if not (Path(last) / "trainer_state.json").is_file():  # killed mid-save: ignore the partial one
@@ -261,7 +260,7 @@ def apply_peft(model: Any, peft: Peft, task_type: str, tokenizer_path: str | Non
     if peft.method == PeftMethod.QLORA:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(model)  # type: ignore[no-untyped-call]
     try:
         return get_peft_model(model, cfg)  # type: ignore[arg-type]
     except (ValueError, KeyError, TypeError, NotImplementedError, AttributeError) as exc:
@@ -281,8 +280,8 @@ def quantization_config(peft: Peft) -> Any:
     from transformers import BitsAndBytesConfig
 
     if peft.quant_bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,

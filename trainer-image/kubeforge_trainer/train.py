@@ -28,9 +28,9 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
-    quiet_other_ranks,
     is_main_process,
     quantization_config,
+    quiet_other_ranks,
     read_split,
     require_columns,
     resume_point,
@@ -39,8 +39,8 @@ from .stagecommon import (
 )
 
 DEFAULT_VOCAB = 8192
-PRETRAIN_COLUMNS = [("text",)]
-SFT_COLUMNS = [("prompt", "completion"), ("messages",), ("text",)]
+PRETRAIN_COLUMNS: list[tuple[str, ...]] = [("text",)]
+SFT_COLUMNS: list[tuple[str, ...]] = [("prompt", "completion"), ("messages",), ("text",)]
 
 
 def _texts(ds: Any) -> Iterator[str]:
@@ -78,7 +78,8 @@ def _tokenizer(spec: TrainingJobSpec, train_ds: Any, base_loc: str | None, scrat
 
 def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     """Train, save the model (layout in modelio), report metrics."""
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     spec: TrainingJobSpec = config.typed().spec  # type: ignore[attr-defined]
     hp = spec.hyperparameters

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from .. import metrics
+from ..builders.common import MANAGED_BY
 from . import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
 
 __all__ = ["common", "dataset", "evaluation", "modeldeployment", "rewardmodel", "rlhfjob", "trainingjob"]
@@ -34,3 +35,9 @@ async def startup(
         logger.warning(f"metrics port {s.metrics_port} unavailable ({exc}); set KUBEFORGE_METRICS_PORT")
     if s.test_hooks:
         logger.warning("KUBEFORGE_TEST_HOOKS is on: stage results are accepted from kubeforge.io/result annotations")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id="wake-owner")
+async def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A managed Job finished or vanished: reconcile its owner now instead of at the next timer tick."""
+    await common.wake_owner(body, type)

@@ -3,12 +3,19 @@
 Reconciles are level-triggered: each pass looks at the world (dependency statuses, the Job with the
 deterministic name for this generation, its pods) and writes the status that follows from it. A pass
 started again after an operator restart therefore neither re-runs finished work nor creates duplicates.
+
+Passes are event-driven: kopf's create/update/resume handlers, a finished child Job (`wake_owner`) and a
+dependency whose Succeeded/Passed condition moved (`wake_dependents`, via kopf indices) all call
+`run_pass`, which serialises passes per object, starts from the freshest known body and writes status
+itself inside the lock (so two passes never race on a stale body). A slow timer is only a safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -45,6 +52,20 @@ WARNING_REASONS = {
 
 _settings: OperatorSettings = OperatorSettings.from_env()
 _locks: dict[str, asyncio.Lock] = {}
+# Latest body seen per (kind, namespace, name) for Kubeforge objects and managed Jobs: fed by the watch
+# streams and by our own status writes, read instead of GETs. A stale entry is harmless: the watch event
+# that makes it fresh also wakes whoever depends on it.
+_bodies: dict[tuple[str, str, str], dict[str, Any]] = {}
+# Objects with a pass queued but not yet started: further wakes coalesce into that pass.
+_queued: set[tuple[str, str, str]] = set()
+Reconciler = Callable[[dict[str, Any], kopf.Patch], Awaitable[None]]
+_reconcilers: dict[str, Reconciler] = {}
+log = logging.getLogger("kubeforge.controllers")
+
+
+def resync_interval() -> float:
+    """Seconds between safety-net passes of unfinished objects (events do the real work)."""
+    return float(os.environ.get("KUBEFORGE_RESYNC_INTERVAL") or max(30.0, settings().poll_interval))
 
 
 def settings() -> OperatorSettings:
@@ -71,6 +92,155 @@ async def object_lock(uid: str) -> Any:
 def forget_lock(uid: str) -> None:
     """Drop the lock of a deleted object."""
     _locks.pop(uid, None)
+
+
+def _key(body: dict[str, Any]) -> tuple[str, str, str]:
+    meta = body.get("metadata") or {}
+    return str(body.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _rv(body: dict[str, Any] | None) -> int:
+    try:
+        return int((body or {}).get("metadata", {}).get("resourceVersion") or -1)
+    except ValueError:
+        return -1
+
+
+def remember(body: dict[str, Any]) -> None:
+    """Cache a body unless a newer one is already cached (etcd revisions only grow)."""
+    key = _key(body)
+    if _rv(body) >= _rv(_bodies.get(key)):
+        _bodies[key] = body
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """Drop a deleted object from the cache."""
+    _bodies.pop((kind, namespace, name), None)
+
+
+def cached(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The latest body seen for that object, if any."""
+    return _bodies.get((kind, namespace, name))
+
+
+def freshest(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` or the cached one, whichever the API server wrote last."""
+    other = _bodies.get(_key(body))
+    return other if other is not None and _rv(other) > _rv(body) else body
+
+
+def register(kind: str, reconciler: Reconciler) -> None:
+    """Make `run_pass` (and so the wakers) able to reconcile this kind."""
+    _reconcilers[kind] = reconciler
+
+
+def _status_changed(body: dict[str, Any], status_patch: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    return any(status.get(k) != v for k, v in status_patch.items())
+
+
+async def run_pass(body_in: Any) -> None:
+    """One serialised pass for an object: freshest body → reconcile → status write (only if changed)."""
+    body = plain(body_in)
+    key = _key(body)
+    _queued.add(key)
+    async with object_lock(str(body["metadata"].get("uid"))):
+        _queued.discard(key)
+        body = freshest(body)
+        patch = kopf.Patch()
+        await _reconcilers[key[0]](body, patch)
+        status_patch = dict(patch.get("status") or {})
+        if not status_patch or not _status_changed(body, status_patch):
+            return
+        try:
+            written = await kube.patch_status(
+                str(body["apiVersion"]), key[0], key[1], key[2], {"status": status_patch}
+            )
+        except kube.KubeError as exc:
+            if exc.status == 404:  # deleted meanwhile
+                return
+            raise
+        remember(written)
+
+
+async def wake(kind: str, namespace: str, name: str) -> None:
+    """Reconcile an object now (from the cache, else a GET); a pass already queued absorbs the wake."""
+    if kind not in _reconcilers or (kind, namespace, name) in _queued:
+        return
+    body = cached(kind, namespace, name)
+    if body is None:
+        body = await kube.get_kubeforge(kind, namespace, name)
+        if body is None:
+            return
+        remember(body)
+    try:
+        await run_pass(body)
+    except Exception as exc:  # a woken pass must not kill the watcher; the safety-net timer retries
+        log.warning(f"reconcile of {kind} {namespace}/{name} failed: {exc}")
+
+
+async def wake_owner(job_in: Any, event_type: str | None) -> None:
+    """A managed Job changed: cache it; once it finished (or vanished) reconcile its owner at once."""
+    job = plain(job_in)
+    meta = job.get("metadata") or {}
+    ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    if event_type == "DELETED":
+        forget("Job", ns, name)
+    else:
+        remember(job)
+        if job_state(job)[0] == "Running":
+            return
+    labels = meta.get("labels") or {}
+    kind, owner = labels.get(LABEL_KIND), labels.get(LABEL_OWNER)
+    if kind and owner:
+        await wake(str(kind), ns, str(owner))
+
+
+def _progress(body: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What dependents look at: the generation and the Succeeded/Passed conditions."""
+    if body is None:
+        return ()
+    conds = (body.get("status") or {}).get("conditions")
+    out: list[Any] = [body.get("metadata", {}).get("generation")]
+    for ctype in (SUCCEEDED, PASSED):
+        c = find_condition(conds, ctype) or {}
+        out += [c.get("status"), c.get("reason"), c.get("observedGeneration")]
+    return tuple(out)
+
+
+def index_dependencies(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    """kopf index: (kind, ns, name) of each dependency → this object's (kind, ns, name)."""
+    data = plain(body)
+    resource, _err = validate(data)
+    if resource is None:
+        return {}
+    me = _key(data)
+    return {(d.kind, d.namespace, d.name): me for d in dependencies(resource)}
+
+
+INDEX_SUFFIX = "_by_dependency"
+
+
+async def on_object_event(body_in: Any, event_type: str | None, main: str, indices: dict[str, Any]) -> None:
+    """Watch event of a Kubeforge object: metrics, cache, and wake dependents when its outcome moved."""
+    body = plain(body_in)
+    track(body, event_type, main)
+    kind, ns, name = _key(body)
+    before = cached(kind, ns, name)
+    if event_type == "DELETED":
+        forget(kind, ns, name)
+        changed = True
+    else:
+        remember(body)
+        after = cached(kind, ns, name)
+        changed = event_type == "ADDED" or (before is not None and _progress(before) != _progress(after))
+    if not changed:
+        return
+    dependents: set[tuple[str, str, str]] = set()
+    for index_name, index in indices.items():
+        if index_name.endswith(INDEX_SUFFIX):
+            dependents.update(index.get((kind, ns, name), ()))
+    await asyncio.gather(*(wake(*dep) for dep in sorted(dependents)))
 
 
 def plain(body: Any) -> dict[str, Any]:
@@ -230,7 +400,11 @@ def _same_model(md_spec: dict[str, Any], md_ns: str, ev: dict[str, Any]) -> bool
 async def resolve_dependencies(resource: KubeResource, store_root: str) -> DependencyReport:
     """Look up every dependency (concurrently) and sort them into ready/missing/pending/failed."""
     deps = dependencies(resource)
-    objs = await asyncio.gather(*(kube.get_kubeforge(d.kind, d.namespace, d.name) for d in deps))
+
+    async def lookup(d: Dependency) -> dict[str, Any] | None:
+        return cached(d.kind, d.namespace, d.name) or await kube.get_kubeforge(d.kind, d.namespace, d.name)
+
+    objs = await asyncio.gather(*(lookup(d) for d in deps))
     report = DependencyReport()
     for dep, obj in zip(deps, objs, strict=True):
         gate = dep.key == "gate"
@@ -353,11 +527,23 @@ def workload_seconds(job: dict[str, Any]) -> float | None:
 
 async def cleanup_old_generations(kind: str, namespace: str, name: str, generation: int) -> None:
     """Stop Jobs of superseded generations that are still running (a new spec replaces them)."""
+    if generation <= 1:
+        return  # no earlier generation can exist
     jobs = await kube.list_objects("batch/v1", "Job", namespace, f"{LABEL_KIND}={kind},{LABEL_OWNER}={name}")
     for job in jobs:
         gen = job["metadata"].get("labels", {}).get(LABEL_GENERATION)
         if gen != str(generation) and job_state(job)[0] == "Running":
             await kube.delete("batch/v1", "Job", namespace, job["metadata"]["name"])
+
+
+async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Job from the watch cache, else from the API server (absent from the cache ≠ absent)."""
+    job = cached("Job", namespace, name)
+    if job is None:
+        job = await kube.get("batch/v1", "Job", namespace, name)
+        if job is not None:
+            remember(job)
+    return job
 
 
 async def create_children(children: list[dict[str, Any]]) -> bool:
@@ -408,7 +594,6 @@ def iter_lineage(inputs: dict[str, ResolvedInput]) -> Iterator[dict[str, Any]]:
 
 Builder = Callable[[Any, dict[str, ResolvedInput], OperatorSettings], list[dict[str, Any]]]
 Lifter = Callable[[StatusWriter, KubeResource, StageResult | None, str, dict[str, ResolvedInput]], None]
-Reconciler = Callable[[dict[str, Any], kopf.Patch], Awaitable[None]]
 
 
 # ---------------------------------------------------------------- bounded kinds
@@ -447,13 +632,13 @@ def unsettled(body: Any, **_: Any) -> bool:
 
 
 async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, lift: Lifter) -> None:
-    """One level-triggered pass for a bounded kind: validate, resolve inputs, run the Job, lift its result."""
+    """One level-triggered pass for a bounded kind (called under the object lock by `run_pass`)."""
     from ..builders.common import child_name
     from ..stage import output_uri, stage_name
 
     body = plain(body_in)
     kind = str(body["kind"])
-    async with measured(kind) as box, object_lock(str(body["metadata"].get("uid"))):
+    async with measured(kind) as box:
         if settled(body):
             box["outcome"] = "settled"
             return
@@ -472,7 +657,7 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
             return
         ns = resource.namespace
         job_name = child_name(resource, stage_name(resource))
-        job = await kube.get("batch/v1", "Job", ns, job_name)
+        job = await get_job(ns, job_name)
         if job is None:
             try:
                 children = builder(resource, report.inputs, s)

@@ -147,6 +147,18 @@ async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     return await asyncio.to_thread(_apply, manifest)
 
 
+def _patch_status(api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    url = path(api_version, kind, namespace, name) + "/status"
+    return dict(_request("PATCH", url, json.dumps(patch), content_type="application/merge-patch+json"))
+
+
+async def patch_status(
+    api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+) -> dict[str, Any]:
+    """JSON merge patch of the status subresource; returns the object as stored."""
+    return await asyncio.to_thread(_patch_status, api_version, kind, namespace, name, patch)
+
+
 def _delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
     try:
         _request(

@@ -29,7 +29,7 @@ async def _conversion(
     """Drive the conversion Job; returns the model repository URI once exported."""
     s = common.settings()
     job_name = child_name(md, "convert")
-    job = await kube.get("batch/v1", "Job", md.namespace, job_name)
+    job = await common.get_job(md.namespace, job_name)
     if job is None:
         await common.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
         await common.create_children(builders.get_conversion_children(md, report.inputs, s))
@@ -126,7 +126,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
 async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
     """One pass: validate → inputs → conversion → gate → serving."""
     body = common.plain(body_in)
-    async with common.measured("ModelDeployment") as box, common.object_lock(str(body["metadata"].get("uid"))):
+    async with common.measured("ModelDeployment") as box:
         w = common.StatusWriter.for_body(body)
         resource, error = common.validate(body)
         if resource is None:
@@ -167,24 +167,33 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
         w.flush(patch)
 
 
+common.register("ModelDeployment", reconcile_md)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
-async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def reconcile(body: kopf.Body, **_: Any) -> None:
     """Create/update/resume: one reconcile pass."""
-    await reconcile_md(body, patch)
+    await common.run_pass(body)
 
 
 @kopf.timer(
     GROUP, VERSION, PLURAL, id="poll", interval=common.settings().poll_interval,
     initial_delay=common.settings().poll_interval,
 )
-async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """Serving is never finished: readiness, canary promotion and the gate are re-checked periodically."""
-    await reconcile_md(body, patch)
+async def poll(body: kopf.Body, **_: Any) -> None:
+    """Serving is never finished: Triton readiness and canary promotion are time-based, so keep looking.
+
+    The conversion Job and the gate Evaluations wake this object by events as well.
+    """
+    await common.run_pass(body)
+
+
+kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + common.INDEX_SUFFIX)(common.index_dependencies)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
-def track(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """Keep the kubeforge_resources gauge current."""
-    common.track(body, type, common.READY)
+async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+    """Metrics gauge and cache (a ModelDeployment has no dependents, but stays uniform)."""
+    await common.on_object_event(body, type, common.READY, kwargs)

@@ -12,24 +12,35 @@ from . import common
 
 PLURAL = "trainingjobs"
 
+
+async def _pass(body: dict[str, Any], patch: kopf.Patch) -> None:
+    await common.reconcile_stage(body, patch, builder=builders.get_children, lift=common.lift_workload)
+
+
+common.register("TrainingJob", _pass)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
-async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def reconcile(body: kopf.Body, **_: Any) -> None:
     """Create/update/resume: one reconcile pass (idempotent, so resume after restart is safe)."""
-    await common.reconcile_stage(body, patch, builder=builders.get_children, lift=common.lift_workload)
+    await common.run_pass(body)
 
 
 @kopf.timer(
-    GROUP, VERSION, PLURAL, id="poll", interval=common.settings().poll_interval,
-    initial_delay=common.settings().poll_interval, when=common.unsettled,
+    GROUP, VERSION, PLURAL, id="poll", interval=common.resync_interval(), idle=common.resync_interval(),
+    initial_delay=common.resync_interval(), when=common.unsettled,
 )
-async def poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """While dependencies or the Job are not finished, look again (stops once Succeeded is final)."""
-    await common.reconcile_stage(body, patch, builder=builders.get_children, lift=common.lift_workload)
+async def poll(body: kopf.Body, **_: Any) -> None:
+    """Safety net only: finished Jobs and dependencies wake this object through events."""
+    await common.run_pass(body)
+
+
+kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + common.INDEX_SUFFIX)(common.index_dependencies)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
-def track(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """Keep the kubeforge_resources gauge current."""
-    common.track(body, type, common.SUCCEEDED)
+async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+    """Metrics gauge, body cache, and a wake-up for dependents when Succeeded/Passed moved."""
+    await common.on_object_event(body, type, common.SUCCEEDED, kwargs)
