@@ -345,7 +345,9 @@ class PeftMethod(StrEnum):
 class Peft(KubeModel):
     """Which parameters train."""
 
-    method: PeftMethod = Field(default=PeftMethod.NONE, description="none (full), lora, qlora, prefix, prompt, ia3, freeze.")
+    method: PeftMethod = Field(
+        default=PeftMethod.NONE, description="none (full), lora, qlora, prefix, prompt, ia3, freeze."
+    )
     r: int = Field(default=8, ge=1, le=1024, description="LoRA/QLoRA rank.")
     alpha: int = Field(default=16, ge=1, le=4096, description="LoRA/QLoRA scaling alpha.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA/QLoRA dropout.")
