@@ -40,7 +40,9 @@ def test_reward_from_causal_lm_accuracy_rises(
     result = reward.run(config, ProgressReporter(config))
     assert result.succeeded, result.message
     m = result.metrics
-    assert m["pairwise_accuracy"] == 1.0 and m["pairwise_accuracy"] > m["pairwise_accuracy_initial"], m
+    assert m["pairwise_accuracy"] == 1.0 and m["pairwise_accuracy"] >= m["pairwise_accuracy_initial"], m
+    # A random head can already rank a tiny validation set; the pairwise loss must still fall.
+    assert m["eval_loss"] < m["eval_loss_initial"], m
     assert json.loads((out / "kubeforge-model.json").read_text())["task"] == "sequence-classification"
     texts = ["Tell me about the cat. The cat is good and kind.", "Tell me about the cat. bad bad cat bad bad."]
     good, bad = _score(out, texts)

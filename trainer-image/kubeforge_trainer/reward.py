@@ -99,9 +99,12 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         callbacks=[callback],
     )
     resume = resume_point(ckpt, spec.checkpointing.resume)
-    initial = None
+    initial: float | None = None
+    initial_loss: float | None = None
     if eval_ds is not None and resume is None:
-        initial = trainer.evaluate().get("eval_accuracy", callback.last("eval_accuracy"))
+        before = trainer.evaluate()
+        initial = before.get("eval_accuracy", callback.last("eval_accuracy"))
+        initial_loss = before.get("eval_loss")
     output = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, float | None] = {
         "train_loss": callback.last("loss") if callback.last("loss") is not None else output.training_loss,
@@ -109,6 +112,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         "global_step": float(trainer.state.global_step),
         "tokens_per_second": callback.tokens_per_second,
         "pairwise_accuracy_initial": initial,
+        "eval_loss_initial": initial_loss,
     }
     if eval_ds is not None:
         ev = trainer.evaluate()

@@ -58,6 +58,8 @@ _locks: dict[str, asyncio.Lock] = {}
 _bodies: dict[tuple[str, str, str], dict[str, Any]] = {}
 # Objects with a pass queued but not yet started: further wakes coalesce into that pass.
 _queued: set[tuple[str, str, str]] = set()
+# Generation + Succeeded/Passed of each object as its last watch event showed them.
+_watched: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 Reconciler = Callable[[dict[str, Any], kopf.Patch], Awaitable[None]]
 _reconcilers: dict[str, Reconciler] = {}
 log = logging.getLogger("kubeforge.controllers")
@@ -78,6 +80,9 @@ def configure(new: OperatorSettings | None = None) -> OperatorSettings:
     global _settings
     _settings = new or OperatorSettings.from_env()
     kube.reset_client()
+    _bodies.clear()  # an operator restarted inside one process (tests) must not trust old watch data
+    _queued.clear()
+    _watched.clear()
     return _settings
 
 
@@ -196,10 +201,8 @@ async def wake_owner(job_in: Any, event_type: str | None) -> None:
         await wake(str(kind), ns, str(owner))
 
 
-def _progress(body: dict[str, Any] | None) -> tuple[Any, ...]:
+def _progress(body: dict[str, Any]) -> tuple[Any, ...]:
     """What dependents look at: the generation and the Succeeded/Passed conditions."""
-    if body is None:
-        return ()
     conds = (body.get("status") or {}).get("conditions")
     out: list[Any] = [body.get("metadata", {}).get("generation")]
     for ctype in (SUCCEEDED, PASSED):
@@ -225,15 +228,19 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, indic
     """Watch event of a Kubeforge object: metrics, cache, and wake dependents when its outcome moved."""
     body = plain(body_in)
     track(body, event_type, main)
-    kind, ns, name = _key(body)
-    before = cached(kind, ns, name)
+    key = _key(body)
+    kind, ns, name = key
+    # Compared with what the watch last showed, not with the cache: our own status write is cached
+    # before its watch event arrives, and that event is exactly the news dependents wait for.
+    before = _watched.get(key)
     if event_type == "DELETED":
         forget(kind, ns, name)
+        _watched.pop(key, None)
         changed = True
     else:
         remember(body)
-        after = cached(kind, ns, name)
-        changed = event_type == "ADDED" or (before is not None and _progress(before) != _progress(after))
+        _watched[key] = _progress(body)
+        changed = event_type == "ADDED" or (before is not None and before != _watched[key])
     if not changed:
         return
     dependents: set[tuple[str, str, str]] = set()

@@ -149,7 +149,7 @@ async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _patch_status(api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
     url = path(api_version, kind, namespace, name) + "/status"
-    return dict(_request("PATCH", url, json.dumps(patch), content_type="application/merge-patch+json"))
+    return dict(_request("PATCH", url, patch, content_type="application/merge-patch+json"))
 
 
 async def patch_status(

@@ -491,6 +491,8 @@ class Runner:
         for node in self.pipeline:
             self.states[node.key] = self._recover(node)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # A shell starts background jobs with SIGINT ignored and Python keeps that: restore Ctrl-C.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), ProgressInfo(), TimeElapsedColumn(),
             console=self.console, transient=True, disable=not self.console.is_terminal,
@@ -510,6 +512,7 @@ class Runner:
             code = EXIT_INTERRUPTED
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             for server in self.serving:
                 with contextlib.suppress(Exception):
                     server.stop()
