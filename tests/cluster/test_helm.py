@@ -162,7 +162,7 @@ def test_notes_tell_the_user_what_was_installed(release: Release) -> None:
 # (verb, resource, group, subresource): what the controllers do.
 NEEDED = [
     ("create", "jobs", "batch", ""), ("delete", "jobs", "batch", ""), ("list", "jobs", "batch", ""),
-    ("get", "jobs", "batch", ""), ("watch", "trainingjobs", "kubeforge.io", ""),
+    ("get", "jobs", "batch", ""), ("watch", "jobs", "batch", ""), ("watch", "trainingjobs", "kubeforge.io", ""),
     ("patch", "trainingjobs", "kubeforge.io", ""), ("get", "datasets", "kubeforge.io", ""),
     ("patch", "trainingjobs", "kubeforge.io", "status"), ("patch", "modeldeployments", "kubeforge.io", "status"),
     ("patch", "evaluations", "kubeforge.io", "status"), ("list", "datasets", "kubeforge.io", ""),

@@ -197,7 +197,7 @@ def test_cluster_wide_rbac_is_least_privilege(render: Render) -> None:
     flat = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert not any(r == "secrets" for _, r in flat), "the operator never reads Secrets"
     # What the controllers need.
-    assert {"create", "delete", "list", "get"} <= flat[("batch", "jobs")]
+    assert {"create", "delete", "list", "get", "watch"} <= flat[("batch", "jobs")]
     assert {"patch"} <= flat[("kubeforge.io", "trainingjobs/status")]
     assert {"create"} <= flat[("", "events")]
     assert {"create", "patch", "delete"} <= flat[("apps", "deployments")]

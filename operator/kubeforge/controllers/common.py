@@ -664,8 +664,11 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
             return
         ns = resource.namespace
         job_name = child_name(resource, stage_name(resource))
-        job = await get_job(ns, job_name)
+        job = cached("Job", ns, job_name)
+        if job is None and (w.condition(JOB_CREATED) or {}).get("observedGeneration") == w.generation:
+            job = await get_job(ns, job_name)
         if job is None:
+            # Usually new: create straight away (saves a GET); 409 means it exists after all (restart).
             try:
                 children = builder(resource, report.inputs, s)
             except ValueError as exc:
@@ -674,7 +677,11 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
                 w.flush(patch)
                 return
             await cleanup_old_generations(kind, ns, resource.name, w.generation)
-            await create_children(children)
+            if not await create_children(children):
+                job = await get_job(ns, job_name)
+                if job is None:
+                    raise kopf.TemporaryError(f"Job {job_name} existed and vanished; looking again", delay=1)
+        if job is None:
             w.fields.update(
                 jobName=job_name, startTime=now_rfc3339(), completionTime=None,
                 lineage=list(iter_lineage(report.inputs)),
