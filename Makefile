@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup venv triton cluster-tools cluster-up cluster-down prometheus lint test test-unit quickstart crds
+.PHONY: setup venv triton cluster-tools images cluster-up cluster-down prometheus lint test test-unit quickstart crds
 
 setup: venv triton ## Install everything the quickstart needs (Python deps, Triton server)
 
@@ -23,7 +23,10 @@ triton: venv ## The real tritonserver binary from the nvidia-pytriton wheel (cac
 cluster-tools: ## Build kube-apiserver/etcd/kwok/helm from Go modules (cached; ~25 min cold)
 	bash hack/build-tools.sh
 
-cluster-up: cluster-tools ## Start the KWOK test cluster and print its kubeconfig
+images: ## Build the operator, trainer, conversion and Triton images with podman (no daemon; cached by content)
+	bash hack/build-images.sh
+
+cluster-up: cluster-tools ## Start the test cluster (KWOK GPU nodes + a real kubelet node) and print its kubeconfig
 	bash hack/test-cluster.sh up
 
 cluster-down:
@@ -46,6 +49,6 @@ quickstart: setup ## The whole pipeline on this machine
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit -q
 
-test: setup cluster-tools prometheus lint ## Everything CI runs: lint, unit, ML, serving, cluster, end-to-end
+test: setup cluster-tools images prometheus lint ## Everything CI runs: lint, unit, ML, serving, cluster, end-to-end
 	bash hack/test-cluster.sh up
 	$(BIN)/python -m pytest tests -ra --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests selected"; rc=0; fi; exit $$rc

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real control-plane binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, kwokctl, helm) from Go modules.
+# kube-scheduler, kubectl, kubelet, etcd, kwok, kwokctl, helm) from Go modules.
 #
 # Why a script: there is no Docker and no release-binary download here, only the Go
 # module proxy. k8s.io/kubernetes replaces its staging modules with ./staging paths,
@@ -25,6 +25,11 @@ log() { printf '[build-tools] %s\n' "$*" >&2; }
 
 stamp_ok() { [[ -f "$STAMP_DIR/$1" && "$(cat "$STAMP_DIR/$1")" == "$2" ]]; }
 stamp_set() { printf '%s' "$2" >"$STAMP_DIR/$1"; }
+
+k8s_ldflags() {
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  printf '%s' "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+}
 
 build_kubernetes() {
   local key="kubernetes-$K8S_VERSION"
@@ -61,8 +66,7 @@ import (
 GO
   log "resolving kubernetes $K8S_VERSION module graph"
   go mod tidy -e >/dev/null 2>&1 || true
-  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  local ldflags; ldflags="$(k8s_ldflags)"
   log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (slow when cold)"
   go build -trimpath -ldflags "$ldflags" -o "$BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
@@ -70,6 +74,19 @@ GO
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl
   stamp_set kubernetes "$key"
+}
+
+# The real node's kubelet, from the same module graph as the control plane (one more package to link).
+build_kubelet() {
+  local key="kubelet-$K8S_VERSION"
+  if stamp_ok kubelet "$key" && [[ -x "$BIN/kubelet" ]]; then log "kubelet $K8S_VERSION: cached"; return; fi
+  local mod="$TOOLS_DIR/src/kubernetes-$K8S_VERSION"
+  [[ -f "$mod/go.mod" ]] || { rm -f "$STAMP_DIR/kubernetes"; build_kubernetes; }
+  cd "$mod"
+  grep -q 'cmd/kubelet' tools.go || sed -i 's#^import (#import (\n\t_ "k8s.io/kubernetes/cmd/kubelet"#' tools.go
+  log "building kubelet $K8S_VERSION"
+  go build -trimpath -ldflags "$(k8s_ldflags)" -o "$BIN/" k8s.io/kubernetes/cmd/kubelet
+  stamp_set kubelet "$key"
 }
 
 build_etcd() {
@@ -101,6 +118,7 @@ main() {
   build_plain helm helm.sh/helm/v3 "$HELM_VERSION" cmd/helm
   build_etcd
   build_kubernetes
+  build_kubelet
   log "done in $((SECONDS - start))s; binaries in $BIN"
   echo "$BIN"
 }

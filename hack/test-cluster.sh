@@ -4,13 +4,14 @@
 # (2 GPU nodes, 1 CPU node) and pod lifecycles (pods of Jobs go Running -> Succeeded).
 #
 # Usage: hack/test-cluster.sh up|down|status|kubeconfig
-#   up          build the tools if needed (hack/build-tools.sh), start the cluster (no-op when already
-#               up), wait until it is ready, print the kubeconfig path on stdout (only that line).
+#   up          build the tools (hack/build-tools.sh) and images (hack/build-images.sh) if needed, start
+#               the cluster and the real node (hack/real-node.sh; no-op when already up), wait until
+#               they are ready, print the kubeconfig path on stdout (only that line).
 #   down        delete the cluster and its working directory.
 #   status      report whether the cluster answers, and list its nodes; exit 1 when it is down.
 #   kubeconfig  print the kubeconfig path; exit 1 when the cluster is down.
 #
-# Environment: KUBEFORGE_TOOLS_DIR (default ~/.cache/kubeforge/tools), KUBEFORGE_CLUSTER_NAME
+# Environment: KUBEFORGE_REAL_NODE_ENABLED (default 1; 0: KWOK nodes only, no images), KUBEFORGE_TOOLS_DIR (default ~/.cache/kubeforge/tools), KUBEFORGE_CLUSTER_NAME
 # (default kubeforge-test), KWOK_WORKDIR (default $KUBEFORGE_TOOLS_DIR/kwok).
 #
 # Why kwokctl's binary runtime: there is no Docker here; every binary is a local path, so
@@ -29,6 +30,10 @@ KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig.yaml"
 LOGS_DIR="${KUBEFORGE_CLUSTER_LOGS_DIR:-$TOOLS_DIR/logs}"
 GPU_PRODUCT="${KUBEFORGE_TEST_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
 READY_TIMEOUT="${KUBEFORGE_CLUSTER_TIMEOUT:-180}"
+# The real node (kubelet + containerd) beside the KWOK nodes; 0 skips it and the image build (KWOK only).
+REAL_NODE="${KUBEFORGE_REAL_NODE_ENABLED:-1}"
+NODE_IP="${KUBEFORGE_NODE_IP:-10.244.0.1}"
+API_SERVICE_IP=10.0.0.1  # first address of kube-apiserver's default service range
 
 log() { printf '[test-cluster] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -54,7 +59,7 @@ ensure_tools() {
   local out
   out="$(bash "$HACK_DIR/build-tools.sh")" || die "hack/build-tools.sh failed (see its output above)"
   BIN="$(printf '%s\n' "$out" | tail -n1)"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd kwok kwokctl; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b missing after hack/build-tools.sh"
   done
   export PATH="$BIN:$PATH"  # kwokctl's binary runtime runs `kubectl` from PATH
@@ -90,6 +95,26 @@ options:
   securePort: true
   kubeAuthorization: true
   kubeAdmission: true
+  # Pods on the real node reach the API server at the node IP, through the `kubernetes` Service's IP.
+  kubeApiserverCertSANs: ["$NODE_IP", "$API_SERVICE_IP"]
+componentsPatches:
+- name: kube-apiserver
+  extraArgs:
+  # Listen on the node IP as well as loopback; advertise it as the `kubernetes` Service endpoint.
+  - {key: bind-address, value: 0.0.0.0, override: true}
+  - {key: advertise-address, value: "$NODE_IP"}
+  # `kubectl logs/exec/port-forward` on the real node: the kubelet accepts the cluster CA's admin cert.
+  - {key: kubelet-client-certificate, value: "$CLUSTER_DIR/pki/admin.crt"}
+  - {key: kubelet-client-key, value: "$CLUSTER_DIR/pki/admin.key"}
+  # Namespaces annotated for the real node get its nodeSelector and toleration (see real_namespace).
+  - {key: enable-admission-plugins, value: "PodNodeSelector,PodTolerationRestriction"}
+- name: kube-controller-manager
+  extraArgs:
+  # The default 20 QPS starves Job and GC work when a test creates 1,000 objects.
+  - {key: kube-api-qps, value: "200"}
+  - {key: kube-api-burst, value: "400"}
+  - {key: concurrent-job-syncs, value: "20"}
+  - {key: concurrent-gc-syncs, value: "50"}
 EOF
     default_stages
     cat <<'EOF'
@@ -207,6 +232,19 @@ wait_ready() {
   done
 }
 
+# Build (or find cached) images, then start the real node and load them into it.
+real_node_up() {
+  [[ "$REAL_NODE" == 1 ]] || return 0
+  local env_file
+  env_file="$(bash "$HACK_DIR/build-images.sh" build 9>&-)" || die "hack/build-images.sh failed"
+  KUBECONFIG_PATH="$KUBECONFIG_PATH" CLUSTER_DIR="$CLUSTER_DIR" BIN="$BIN" \
+    bash "$HACK_DIR/real-node.sh" up "$env_file" 9>&- || { save_logs; die "the real node did not come up"; }
+}
+
+real_node_down() {
+  KUBECONFIG_PATH="$KUBECONFIG_PATH" CLUSTER_DIR="$CLUSTER_DIR" BIN="$BIN" bash "$HACK_DIR/real-node.sh" down || true
+}
+
 cmd_up() {
   ensure_tools
   mkdir -p "$KWOK_WORKDIR"
@@ -216,6 +254,7 @@ cmd_up() {
   flock 9
   if api_ready; then
     wait_ready || { save_logs; die "cluster $CLUSTER_NAME answers but is not healthy"; }
+    real_node_up
     log "cluster $CLUSTER_NAME already up"
     echo "$KUBECONFIG_PATH"; return
   fi
@@ -223,6 +262,7 @@ cmd_up() {
   if [[ -d "$CLUSTER_DIR" ]]; then  # left over (e.g. after a reboot): restart, else recreate
     log "restarting existing cluster $CLUSTER_NAME"
     if "$BIN/kwokctl" start cluster --name "$CLUSTER_NAME" >&2 9>&- && wait_ready; then
+      real_node_up
       log "cluster $CLUSTER_NAME up in $((SECONDS - start))s"
       echo "$KUBECONFIG_PATH"; return
     fi
@@ -238,6 +278,7 @@ cmd_up() {
     save_logs; delete_cluster 9>&-; die "kwokctl create cluster failed"
   fi
   wait_ready || { save_logs; delete_cluster 9>&-; die "cluster $CLUSTER_NAME did not become ready"; }
+  real_node_up
   log "cluster $CLUSTER_NAME up in $((SECONDS - start))s"
   echo "$KUBECONFIG_PATH"
 }
@@ -246,6 +287,7 @@ cmd_up() {
 # (an empty value is an error for delete), so ~/.kube/config is never touched. If kwokctl fails, the
 # processes recorded in its pid files are stopped directly so no daemon outlives the cluster.
 delete_cluster() {
+  real_node_down
   [[ -d "$CLUSTER_DIR" ]] || return 0
   if ! PATH="$BIN:$PATH" "$BIN/kwokctl" delete cluster --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_PATH" >&2; then
     log "kwokctl delete cluster failed; stopping the processes in $CLUSTER_DIR/pids"
@@ -270,7 +312,7 @@ cmd_down() {
 cmd_status() {
   if api_ready; then
     log "cluster $CLUSTER_NAME is up; kubeconfig $KUBECONFIG_PATH"
-    kc get nodes -L nvidia.com/gpu.product >&2
+    kc get nodes -L nvidia.com/gpu.product -L kubeforge.io/real-node >&2
   else
     log "cluster $CLUSTER_NAME is down (start it with: hack/test-cluster.sh up)"
     return 1

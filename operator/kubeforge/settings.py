@@ -19,7 +19,10 @@ class OperatorSettings(BaseModel):
 
     trainer_image: str = Field(default="ghcr.io/kubeforge/trainer:0.1.0", description="Stage image (Jobs).")
     serving_image: str = Field(default="ghcr.io/kubeforge/serving:0.1.0", description="Conversion Job image.")
-    triton_image: str = Field(default="nvcr.io/nvidia/tritonserver:25.01-py3", description="Triton image.")
+    triton_image: str = Field(
+        default="ghcr.io/kubeforge/triton:0.1.0",
+        description="Triton image: NGC Triton plus onnxruntime for the python form (serving/triton/Dockerfile).",
+    )
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of workload containers.")
     artifact_pvc: str = Field(default="kubeforge-artifacts", description="PVC backing the default artifact store.")
     store_root: str = Field(default="pvc://kubeforge-artifacts", description="Root URI of the artifact store.")
