@@ -67,12 +67,23 @@ def repository_main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--version-policy", default="latest", help="latest, all, or comma-separated versions")
     p.add_argument("--pad-token-id", type=int, default=0)
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="longest sequence for tensorrt_plan's TensorRT profiles (default: maxLength of the "
+        "export-report.json beside --onnx)",
+    )
     a = p.parse_args(argv)
+    from .export import REPORT_FILE
     from .repository import ModelSettings, build_repository
 
     policy: str | list[int] = a.version_policy
     if a.version_policy not in ("latest", "all"):
         policy = [int(v) for v in a.version_policy.split(",")]
+    max_length = a.max_length
+    report = Path(a.onnx).with_name(REPORT_FILE)
+    if max_length is None and report.is_file():
+        max_length = json.loads(report.read_text()).get("maxLength")
     s = ModelSettings(
         form=a.form,
         max_batch_size=a.max_batch_size,
@@ -82,6 +93,7 @@ def repository_main(argv: list[str] | None = None) -> int:
         gpu=a.gpu,
         version_policy=policy,
         pad_token_id=a.pad_token_id,
+        max_length=max_length,
     )
     out = build_repository(a.repository, a.name, a.onnx, s, a.version, a.kv_onnx, a.tokenizer, a.task)
     print(json.dumps(out, indent=2))

@@ -26,7 +26,7 @@ from kubeforge.api.v1alpha1.common import Artifact, Progress
 from kubeforge.stage import TERMINATION_LOG, StageConfig, StageResult, local_path
 
 from . import ServingError
-from .repository import ModelSettings, build_repository
+from .repository import ModelSettings, build_repository, check_form
 
 REPORT_FILE = "conversion-report.json"
 BACKEND_FORMS = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "python": "python"}
@@ -94,6 +94,7 @@ def run_convert(config: StageConfig) -> StageResult:
         raise ServingError(f"convert runs ModelDeployments, got {res.kind}", reason="InvalidConfig")
     spec = res.spec
     check_opset(spec.export.opset)  # fail fast, before loading torch weights
+    check_form(BACKEND_FORMS[spec.backend], spec.resources.gpu > 0)  # e.g. tensorrt without a GPU
     model_in = config.inputs.get("model")
     if model_in is None:
         raise ServingError("no resolved `model` input; set spec.model.uri or spec.model.ref", reason="ModelNotFound")
@@ -145,6 +146,7 @@ def run_convert(config: StageConfig) -> StageResult:
         instances=tri.instances,
         gpu=spec.resources.gpu > 0,
         pad_token_id=int(exp["padTokenId"]),
+        max_length=exp.get("maxLength"),
     )
     onnx_file = qrep["onnx"]
     kv_file = qrep.get("kv", {}).get("onnx") if exp.get("kv") else None

@@ -139,6 +139,13 @@ def pad_token_id(model: torch.nn.Module) -> int:
     return int(pid or 0)
 
 
+def max_length(model: torch.nn.Module) -> int | None:
+    """The model's longest sequence (position embeddings), if its config says."""
+    cfg: Any = model.config
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if n else None
+
+
 def _cache_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     cfg: Any = model.config
     heads = int(cfg.num_attention_heads)
@@ -405,6 +412,7 @@ def export_with_parity(
         "opset": opset,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "padTokenId": pad_token_id(model),
+        "maxLength": max_length(model),
         "onnx": str(onnx_path),
         "fp32SizeBytes": file_size(onnx_path),
         "threshold": max_logit_diff,

@@ -3,6 +3,23 @@
 Configs are built as `model_config_pb2.ModelConfig` protobufs (tritonclient ships Triton's schema),
 so field names are checked, `config.pbtxt` is protobuf text format and the same object serialises
 to the JSON that Triton's load API takes as a config override (used for version switches).
+`render_config` builds the config from tensor descriptions alone (no file), `model_config` reads
+them from the ONNX graph.
+
+Forms and where their instances run (a form that Triton cannot load is refused here, not at load):
+
+- `onnxruntime`: ONNX Runtime backend; KIND_GPU with a GPU, else KIND_CPU.
+- `tensorrt`: ONNX Runtime backend with the TensorRT execution provider as GPU accelerator. The EP
+  only exists on GPU instances, so without a GPU it is refused (`GPURequired`; the ModelDeployment
+  API rejects `backend: tensorrt` without `resources.gpu` already).
+- `tensorrt_plan`: Triton's TensorRT backend on a `model.plan` built by `trtexec` (`trtexec_argv`).
+  That backend rejects KIND_CPU, so the instance group is always KIND_GPU. Dynamic inputs get an
+  explicit optimisation profile: batch 1 / max(1, maxBatchSize // 2) / maxBatchSize (1/1/1 without
+  Triton batching: one sequence per request), sequence 1 / L / L and past length 0 / L-1 / L-1 for
+  the KV graph, where L is the model's longest sequence (`ModelSettings.max_length`).
+- `python`: onnxruntime inside Triton's python backend (`triton_model.py`); KIND_CPU, or KIND_GPU
+  with a GPU, where model.py runs ONNX Runtime on the CUDA execution provider of the instance's
+  device (falling back to CPU, with a warning, when the onnxruntime build has no CUDA provider).
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +50,7 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32", 9: "TYPE_BOOL", 11: "TYPE_FP64"}
+TensorSpec = tuple[str, str, list[int]]  # (name, Triton data type, dims with -1 for dynamic)
 
 
 @dataclass
@@ -48,10 +67,28 @@ class ModelSettings:
     version_policy: str | list[int] = "latest"  # "latest" (newest one), "all", or explicit versions
     intra_op_threads: int = 0
     pad_token_id: int = 0
+    max_length: int | None = None  # the model's longest sequence: TensorRT profiles of tensorrt_plan
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def onnx_io(path: str | Path) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+def check_form(form: str, gpu: bool) -> None:
+    """Refuse a form that Triton could not load on the instances the settings ask for."""
+    if form not in FORMS:
+        raise ServingError(f"repository form {form!r} is not one of {', '.join(FORMS)}", reason="InvalidBackend")
+    if form == "tensorrt" and not gpu:
+        raise ServingError(
+            "backend tensorrt (ONNX Runtime's TensorRT execution provider) only runs on GPU instances: "
+            "set spec.resources.gpu >= 1 (repository CLI: --gpu), or use backend onnxruntime or python on CPU",
+            reason="GPURequired",
+        )
+
+
+def instance_kind(s: ModelSettings) -> str:
+    """KIND_GPU or KIND_CPU; tensorrt_plan is always KIND_GPU (Triton's TensorRT backend has no CPU)."""
+    return "KIND_GPU" if s.gpu or s.form == "tensorrt_plan" else "KIND_CPU"
+
+
+def onnx_io(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """(name, Triton type, dims with -1 for dynamic) of the graph inputs and outputs."""
     import onnx
 
@@ -76,17 +113,34 @@ def onnx_io(path: str | Path) -> tuple[list[tuple[str, str, list[int]]], list[tu
     return describe(model.graph.input), describe(model.graph.output)
 
 
-def model_config(name: str, onnx_path: str | Path, s: ModelSettings) -> Any:
-    """The ModelConfig protobuf for one model."""
+def onnx_input_dims(path: str | Path) -> list[tuple[str, list[int | str]]]:
+    """(name, dims) of the graph inputs; dynamic dims by their symbolic name ("batch", "past_sequence")."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    out: list[tuple[str, list[int | str]]] = []
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        dims: list[int | str] = []
+        for d in v.type.tensor_type.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or -1))
+        out.append((v.name, dims))
+    return out
+
+
+def render_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], s: ModelSettings) -> Any:
+    """The ModelConfig protobuf for one model from its tensor descriptions (pure; see `model_config`)."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    if s.form not in FORMS:
-        raise ServingError(f"repository form {s.form!r} is not one of {', '.join(FORMS)}", reason="InvalidBackend")
-    inputs, outputs = onnx_io(onnx_path)
+    check_form(s.form, s.gpu)
     batching = s.max_batch_size > 0
     if batching and any(not dims or dims[0] != -1 for _, _, dims in inputs):
         raise ServingError(
-            f"{onnx_path}: first input dimension must be a dynamic batch axis to batch", reason="InvalidModel"
+            f"model {name}: the first input dimension must be a dynamic batch axis to batch "
+            "(or set spec.triton.maxBatchSize: 0)",
+            reason="InvalidModel",
         )
     cfg = mc.ModelConfig(name=name, max_batch_size=s.max_batch_size)
     if s.form == "python":
@@ -109,10 +163,16 @@ def model_config(name: str, onnx_path: str | Path, s: ModelSettings) -> Any:
     if batching and s.dynamic_batching:
         cfg.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
         if s.preferred_batch_sizes:
+            if any(not 1 <= b <= s.max_batch_size for b in s.preferred_batch_sizes):
+                raise ServingError(
+                    f"preferred batch sizes {s.preferred_batch_sizes} must each be in 1..maxBatchSize "
+                    f"({s.max_batch_size}): fix spec.triton.dynamicBatching.preferredBatchSizes",
+                    reason="InvalidBatching",
+                )
             cfg.dynamic_batching.preferred_batch_size.extend(s.preferred_batch_sizes)
     group = cfg.instance_group.add()
     group.count = s.instances
-    group.kind = mc.ModelInstanceGroup.KIND_GPU if s.gpu else mc.ModelInstanceGroup.KIND_CPU
+    group.kind = mc.ModelInstanceGroup.Kind.Value(instance_kind(s))
     if s.version_policy == "latest":
         cfg.version_policy.latest.num_versions = 1
     elif s.version_policy == "all":
@@ -130,6 +190,13 @@ def model_config(name: str, onnx_path: str | Path, s: ModelSettings) -> Any:
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     return cfg
+
+
+def model_config(name: str, onnx_path: str | Path, s: ModelSettings) -> Any:
+    """The ModelConfig protobuf for one model, its inputs and outputs read from the ONNX file."""
+    check_form(s.form, s.gpu)  # before reading the file: the settings alone decide this
+    inputs, outputs = onnx_io(onnx_path)
+    return render_config(name, inputs, outputs, s)
 
 
 def config_text(cfg: Any) -> str:
@@ -154,7 +221,71 @@ def with_versions(cfg: Any, versions: list[int]) -> Any:
     return new
 
 
-def _build_plan(onnx_path: Path, plan: Path) -> None:
+def profile_shapes(
+    inputs: Sequence[tuple[str, Sequence[int | str]]], max_batch_size: int, max_length: int
+) -> tuple[str, str, str] | None:
+    """trtexec's min/opt/max shape strings (`input_ids:1x1,attention_mask:1x1`) for the dynamic inputs.
+
+    Dim 0 is the batch: 1 / max(1, max_batch_size // 2) / max_batch_size, or 1/1/1 when Triton does
+    not batch (max_batch_size 0). Other dynamic dims are sequence lengths: 1 / L / L, except a past
+    (KV cache) length, named `past_*` by the exporter: 0 / L-1 / L-1 (the first step has no past).
+    Fixed dims keep their size. None when no input is dynamic (a static engine needs no profile).
+    """
+    if max_length < 1:
+        raise ServingError(
+            f"the max sequence length for TensorRT profiles must be >= 1, got {max_length}", reason="InvalidModel"
+        )
+    top = max(1, max_batch_size)
+    batch = (1, max(1, top // 2), top)
+    seq = (1, max_length, max_length)
+    past = (0, max_length - 1, max_length - 1)
+    shapes: list[list[str]] = [[], [], []]
+    for name, dims in inputs:
+        if all(isinstance(d, int) and d > 0 for d in dims):
+            continue
+        ranges: list[tuple[int, int, int]] = []
+        for i, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                ranges.append((d, d, d))
+            elif i == 0:
+                ranges.append(batch)
+            elif isinstance(d, str) and d.startswith("past"):
+                ranges.append(past)
+            else:
+                ranges.append(seq)
+        for k in range(3):
+            shapes[k].append(f"{name}:" + "x".join(str(r[k]) for r in ranges))
+    if not shapes[0]:
+        return None
+    lo, opt, hi = (",".join(x) for x in shapes)
+    return lo, opt, hi
+
+
+def trtexec_argv(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    inputs: Sequence[tuple[str, Sequence[int | str]]],
+    max_batch_size: int,
+    max_length: int,
+    trtexec: str = "trtexec",
+    fp16: bool = True,
+) -> list[str]:
+    """The trtexec command line that builds `plan_path` with explicit optimisation profiles.
+
+    Without --minShapes/--optShapes/--maxShapes trtexec builds dynamic inputs at 1x1 and Triton then
+    refuses any max_batch_size above 1; `inputs` are (name, dims) as `onnx_input_dims` returns them.
+    """
+    argv = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={plan_path}"]
+    shapes = profile_shapes(inputs, max_batch_size, max_length)
+    if shapes is not None:
+        lo, opt, hi = shapes
+        argv += [f"--minShapes={lo}", f"--optShapes={opt}", f"--maxShapes={hi}"]
+    if fp16:
+        argv.append("--fp16")
+    return argv
+
+
+def _build_plan(onnx_path: Path, plan: Path, s: ModelSettings) -> None:
     trtexec = shutil.which("trtexec")
     if trtexec is None:
         raise ServingError(
@@ -162,9 +293,14 @@ def _build_plan(onnx_path: Path, plan: Path) -> None:
             "use backend tensorrt (ONNX Runtime TensorRT EP) or build model.plan in the Triton image",
             reason="TensorRTUnavailable",
         )
-    proc = subprocess.run(
-        [trtexec, f"--onnx={onnx_path}", f"--saveEngine={plan}", "--fp16"], capture_output=True, text=True
-    )
+    if not s.max_length:
+        raise ServingError(
+            "form tensorrt_plan needs the model's longest sequence for the TensorRT optimisation profiles: "
+            "pass --max-length (or keep export-report.json beside the ONNX file)",
+            reason="MaxLengthUnknown",
+        )
+    argv = trtexec_argv(onnx_path, plan, onnx_input_dims(onnx_path), s.max_batch_size, s.max_length, trtexec)
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ServingError(
             f"trtexec failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", reason="TensorRTFailed"
@@ -189,7 +325,7 @@ def write_model(
     src = Path(onnx_path)
     cfg = model_config(name, src, settings)
     if settings.form == "tensorrt_plan":
-        _build_plan(src, vdir / "model.plan")
+        _build_plan(src, vdir / "model.plan", settings)
     else:
         shutil.copyfile(src, vdir / "model.onnx")
         data = src.with_name(src.name + ".data")

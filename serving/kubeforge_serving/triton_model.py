@@ -6,6 +6,14 @@ length are right-padded to the longest (input_ids with the pad id, masks with 0)
 and each response is cut back to its own batch rows and sequence length. A request that fails
 validation gets its own error response; the others still run.
 
+Where it runs: on a KIND_CPU instance (the default, and the CPU-only Triton) ONNX Runtime uses the
+CPU execution provider. With a GPU (`spec.resources.gpu` > 0 makes the instance group KIND_GPU) it
+runs on the CUDA execution provider of the instance's device (`model_instance_kind` and
+`model_instance_device_id` from Triton's initialize args), so the GPU the pod reserves is used. When
+the onnxruntime build in the Triton image has no CUDA provider (the CPU `onnxruntime` wheel), it
+falls back to the CPU provider and logs a warning: the model still loads and serves, but the GPU
+stays idle until the image ships `onnxruntime-gpu`.
+
 Runs inside the server venv (numpy<2): no imports from kubeforge here.
 """
 
@@ -20,6 +28,25 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 TOKEN_INPUTS = {"input_ids", "attention_mask", "position_ids"}
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+def execution_providers(args: dict[str, Any], available: list[str]) -> list[Any]:
+    """ORT providers for this instance: CUDA on the instance's device for KIND_GPU when ORT has it, else CPU."""
+    kind = str(args.get("model_instance_kind", "CPU")).upper().removeprefix("KIND_")
+    if kind == "GPU" and CUDA_EP in available:
+        device = int(args.get("model_instance_device_id", 0) or 0)
+        return [(CUDA_EP, {"device_id": device}), CPU_EP]
+    return [CPU_EP]
+
+
+def _warn(message: str) -> None:
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_warn(message)
+    else:
+        print(message, flush=True)
 
 
 class TritonPythonModel:
@@ -37,7 +64,16 @@ class TritonPythonModel:
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        available = list(ort.get_available_providers())
+        providers = execution_providers(args, available)
+        kind = str(args.get("model_instance_kind", "CPU")).upper().removeprefix("KIND_")
+        if kind == "GPU" and providers == [CPU_EP]:
+            _warn(
+                f"{args.get('model_name', 'model')}: GPU instance but onnxruntime has no {CUDA_EP} "
+                f"(available: {', '.join(available)}); running on CPU. Install onnxruntime-gpu in the Triton image."
+            )
+        self.session = ort.InferenceSession(path, so, providers=providers)
+        self.providers = list(self.session.get_providers())
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.seq_outputs = {o.name for o in self.session.get_outputs() if len(o.shape) >= 3}

@@ -83,6 +83,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("Evaluation", {"thresholds": [{"metric": "accuracy"}]}, "needs min or max"),
     ("ModelDeployment", {"quantization": {"mode": "int8-static"}}, "needs quantization.calibration"),
     ("ModelDeployment", {"backend": "tensorrt"}, "tensorrt needs a GPU"),
+    (
+        "ModelDeployment",
+        {"triton": {"maxBatchSize": 8, "dynamicBatching": {"preferredBatchSizes": [4, 16]}}},
+        "preferredBatchSizes must each be between 1 and maxBatchSize",
+    ),
     ("ModelDeployment", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must be <= maxReplicas"),
     ("ModelDeployment", {"export": {"opset": 9}}, "spec.export.opset"),
     ("ModelDeployment", {"rollout": {"strategy": "canary", "canaryWeight": 100}}, "spec.rollout.canaryWeight"),

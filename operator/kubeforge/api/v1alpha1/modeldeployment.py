@@ -91,6 +91,26 @@ class Triton(KubeModel):
     instances: int = Field(default=1, ge=1, le=64, description="Model instances per server.")
     image: str | None = Field(default=None, description="Triton image override (default: operator setting).")
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
+                    "self.dynamicBatching.preferredBatchSizes.all(s, s >= 1 && s <= self.maxBatchSize)",
+                    "dynamicBatching.preferredBatchSizes must each be between 1 and maxBatchSize",
+                    ".dynamicBatching.preferredBatchSizes",
+                )
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _preferred(self) -> Triton:
+        sizes = self.dynamic_batching.preferred_batch_sizes or []
+        if any(not 1 <= b <= self.max_batch_size for b in sizes):
+            raise ValueError("dynamicBatching.preferredBatchSizes must each be between 1 and maxBatchSize")
+        return self
+
 
 class Autoscaling(KubeModel):
     """HorizontalPodAutoscaler for the Triton Deployment."""
