@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .api.v1alpha1.common import Toleration
 
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+class WorkloadPodDefaults(BaseModel):
+    """Pod settings the cluster operator applies to every workload pod (chart value `workloadPodDefaults`).
+
+    This is where settings that objects may not make themselves belong (objects only get the allow-list of
+    `spec.resources.podOverrides`). Env `KUBEFORGE_WORKLOAD_POD_DEFAULTS`, a JSON object in camelCase.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels every workload pod must match; an object's own keys win."
+    )
+    tolerations: tuple[Toleration, ...] = Field(default=(), description="Taints every workload pod tolerates.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations on every workload pod (any key, reserved prefixes included); an object's own win.",
+    )
 
 
 class OperatorSettings(BaseModel):
@@ -29,6 +52,9 @@ class OperatorSettings(BaseModel):
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Operator metrics port (0: off).")
     namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch (empty: all).")
     poll_interval: float = Field(default=2.0, gt=0, description="Seconds between checks of running work.")
+    workload_pod_defaults: WorkloadPodDefaults = Field(
+        default_factory=WorkloadPodDefaults, description="Pod settings applied to every workload pod."
+    )
     test_hooks: bool = Field(
         default=False,
         description=(
@@ -59,6 +85,10 @@ class OperatorSettings(BaseModel):
             values["poll_interval"] = float(env["KUBEFORGE_POLL_INTERVAL"])
         if env.get("KUBEFORGE_WATCH_NAMESPACES"):
             values["namespaces"] = tuple(n.strip() for n in env["KUBEFORGE_WATCH_NAMESPACES"].split(",") if n.strip())
+        if env.get("KUBEFORGE_WORKLOAD_POD_DEFAULTS"):
+            values["workload_pod_defaults"] = WorkloadPodDefaults.model_validate(
+                json.loads(env["KUBEFORGE_WORKLOAD_POD_DEFAULTS"])
+            )
         if env.get("KUBEFORGE_TEST_HOOKS"):
             values["test_hooks"] = _bool(env["KUBEFORGE_TEST_HOOKS"])
         return cls.model_validate(values)

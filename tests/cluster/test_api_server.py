@@ -220,6 +220,129 @@ INVALID = [
 ]
 assert len(INVALID) >= 30 and len({c.id for c in INVALID}) == len(INVALID)
 
+# Issue 13: `spec.resources.podOverrides` is an allow-list. Each hostile override must be refused by the API
+# server itself, naming the field: unknown fields by strict field validation (400, `unknown field "..."`),
+# reserved names and keys by CEL (422). tests/unit/test_pod_overrides.py holds the same table offline.
+OV = "spec.resources.podOverrides"
+UNKNOWN = "unknown field"
+
+
+def _ov(overrides: dict[str, Any], where: str = "spec.resources") -> dict[str, Any]:
+    return {where: {"podOverrides": overrides}}
+
+
+def _unknown(id: str, kind: str, overrides: dict[str, Any], path: str, where: str = "spec.resources") -> Invalid:
+    return Invalid(id, kind, _ov(overrides, where), path, server_msg=f'unknown field "{path}"', offline_msg=UNKNOWN)
+
+
+def _cfg_mount(path: str) -> dict[str, Any]:
+    return {"volumes": [{"name": "cfg", "configMap": {"name": "evil"}}],
+            "volumeMounts": [{"name": "cfg", "mountPath": path}]}
+
+
+HOSTILE_OVERRIDES = [
+    _unknown("ov-pod-security-context-root", "TrainingJob", {"securityContext": {"runAsUser": 0}},
+             f"{OV}.securityContext"),
+    _unknown("ov-service-account-name", "TrainingJob", {"serviceAccountName": "kubeforge-operator"},
+             f"{OV}.serviceAccountName"),
+    _unknown("ov-service-account-deprecated", "RewardModel", {"serviceAccount": "kubeforge-operator"},
+             f"{OV}.serviceAccount"),
+    _unknown("ov-automount-token", "ModelDeployment", {"automountServiceAccountToken": True},
+             f"{OV}.automountServiceAccountToken"),
+    _unknown("ov-host-network", "ModelDeployment", {"hostNetwork": True}, f"{OV}.hostNetwork"),
+    _unknown("ov-host-pid", "RLHFJob", {"hostPID": True}, f"{OV}.hostPID"),
+    _unknown("ov-host-ipc", "Evaluation", {"hostIPC": True}, f"{OV}.hostIPC"),
+    _unknown("ov-privileged", "TrainingJob", {"privileged": True}, f"{OV}.privileged"),
+    _unknown("ov-container-privileged", "TrainingJob",
+             {"containers": [{"name": "stage", "securityContext": {"privileged": True}}]}, f"{OV}.containers"),
+    _unknown("ov-container-image-command", "ModelDeployment",
+             {"containers": [{"name": "triton", "image": "evil:latest", "command": ["sh"]}]}, f"{OV}.containers"),
+    _unknown("ov-image", "ModelDeployment", {"image": "evil:latest"},
+             "spec.conversionResources.podOverrides.image", where="spec.conversionResources"),
+    _unknown("ov-command", "RLHFJob", {"command": ["sh", "-c", "id"]}, f"{OV}.command"),
+    _unknown("ov-args", "Evaluation", {"args": ["--evil"]}, f"{OV}.args"),
+    _unknown("ov-init-containers", "RewardModel", {"initContainers": [{"name": "x", "image": "evil"}]},
+             f"{OV}.initContainers"),
+    _unknown("ov-node-name", "TrainingJob", {"nodeName": "control-plane"}, f"{OV}.nodeName"),
+    _unknown("ov-runtime-class", "TrainingJob", {"runtimeClassName": "unconfined"}, f"{OV}.runtimeClassName"),
+    _unknown("ov-host-path-volume", "ModelDeployment",
+             {"volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+              "volumeMounts": [{"name": "host", "mountPath": "/host"}]}, f"{OV}.volumes[0].hostPath"),
+    _unknown("ov-secret-volume", "TrainingJob", {"volumes": [{"name": "creds", "secret": {"secretName": "x"}}]},
+             f"{OV}.volumes[0].secret"),
+    _unknown("ov-csi-volume", "RLHFJob",
+             {"volumes": [{"name": "vault", "csi": {"driver": "secrets-store.csi.k8s.io"}}]},
+             f"{OV}.volumes[0].csi"),
+    _unknown("ov-nfs-volume", "Evaluation", {"volumes": [{"name": "n", "nfs": {"server": "10.0.0.1", "path": "/"}}]},
+             f"{OV}.volumes[0].nfs"),
+    _unknown("ov-projected-sa-token", "TrainingJob",
+             {"volumes": [{"name": "tok", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]},
+             f"{OV}.volumes[0].projected.sources[0].serviceAccountToken"),
+    _unknown("ov-projected-secret", "RewardModel",
+             {"volumes": [{"name": "s", "projected": {"sources": [{"secret": {"name": "db-password"}}]}}]},
+             f"{OV}.volumes[0].projected.sources[0].secret"),
+    _unknown("ov-env-secret-ref", "ModelDeployment",
+             {"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "pw"}}}]},
+             f"{OV}.env[0].valueFrom.secretKeyRef"),
+    _unknown("ov-env-from-secret", "TrainingJob", {"envFrom": [{"secretRef": {"name": "db-password"}}]},
+             f"{OV}.envFrom"),
+    _unknown("ov-mount-propagation", "TrainingJob",
+             {"volumes": [{"name": "s", "emptyDir": {}}],
+              "volumeMounts": [{"name": "s", "mountPath": "/data", "mountPropagation": "Bidirectional"}]},
+             f"{OV}.volumeMounts[0].mountPropagation"),
+    Invalid("ov-mount-over-stage-config", "TrainingJob", _ov(_cfg_mount("/etc/kubeforge")),
+            f"{OV}.volumeMounts[0].mountPath", msg="mountPath must not be"),
+    Invalid("ov-mount-over-dev", "ModelDeployment", _ov(_cfg_mount("/dev/shm")),
+            f"{OV}.volumeMounts[0].mountPath", msg="mountPath must not be"),
+    Invalid("ov-shadow-operator-volume", "TrainingJob", _ov({"volumes": [{"name": "config", "emptyDir": {}}]}),
+            f"{OV}.volumes[0].name", msg="volume name is reserved"),
+    Invalid("ov-env-shadows-operator", "TrainingJob", _ov({"env": [{"name": "KUBEFORGE_TEST_HOOKS", "value": "1"}]}),
+            f"{OV}.env[0].name", msg="env name is reserved for the operator"),
+    Invalid("ov-env-redirects-s3", "ModelDeployment",
+            _ov({"env": [{"name": "AWS_ENDPOINT_URL", "value": "https://evil.example"}]}, "spec.conversionResources"),
+            "spec.conversionResources.podOverrides.env[0].name", msg="env name is reserved for the operator"),
+    Invalid("ov-apparmor-unconfined", "TrainingJob",
+            _ov({"annotations": {"container.apparmor.security.beta.kubernetes.io/stage": "unconfined"}}),
+            f"{OV}.annotations", msg="annotation keys must not use the reserved prefixes"),
+    Invalid("ov-forged-result", "Evaluation", _ov({"annotations": {"kubeforge.io/result": "{}"}}),
+            f"{OV}.annotations", msg="annotation keys must not use the reserved prefixes"),
+    Invalid("ov-reserved-label", "ModelDeployment", _ov({"labels": {"app.kubernetes.io/name": "triton"}}),
+            f"{OV}.labels", msg="label keys must not use the reserved prefixes"),
+    Invalid("ov-system-priority", "RLHFJob", _ov({"priorityClassName": "system-node-critical"}),
+            f"{OV}.priorityClassName", msg="must not be a system- class"),
+]
+assert len(HOSTILE_OVERRIDES) >= 15 and len({c.id for c in HOSTILE_OVERRIDES}) == len(HOSTILE_OVERRIDES)
+
+# The most permissive overrides the API accepts (tests/unit/test_pod_overrides.py: PERMISSIVE renders restricted pods).
+SAFE_OVERRIDES: dict[str, Any] = {
+    "nodeSelector": {"pool": "ml"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ml"]}]}]}}},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "ScheduleAnyway",
+                                   "labelSelector": {"matchLabels": {"team": "nlp"}}}],
+    "priorityClassName": "ml-batch",
+    "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HTTPS_PROXY", "valueFrom": {"configMapKeyRef": {"name": "proxy", "key": "https"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MEMORY_MB", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}],
+    "volumes": [{"name": "team-config", "configMap": {"name": "team-config", "defaultMode": 292}},
+                {"name": "scratch", "emptyDir": {"sizeLimit": "2Gi"}},
+                {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache", "readOnly": True}},
+                {"name": "bundle", "projected": {"sources": [
+                    {"configMap": {"name": "ca-bundle"}},
+                    {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]}}],
+    "volumeMounts": [{"name": "team-config", "mountPath": "/etc/team", "readOnly": True},
+                     {"name": "scratch", "mountPath": "/scratch"},
+                     {"name": "hf-cache", "mountPath": "/cache/hf", "subPath": "models"},
+                     {"name": "bundle", "mountPath": "/var/run/bundle"}],
+    "annotations": {"example.com/cost-center": "nlp"},
+    "labels": {"team": "nlp"},
+}
+SAFE_OVERRIDE_CASES = [(k, "spec.resources") for k in sorted(BASE) if k != "Dataset"] + [
+    ("ModelDeployment", "spec.conversionResources")]
+
 # (kind, spec field path, new value, message) for `self == oldSelf` rules.
 IMMUTABLE = [
     ("TrainingJob", "method", "pretrain", "method is immutable"),
@@ -282,6 +405,16 @@ def test_invalid_rejected_offline(case: Invalid) -> None:
     assert expected_msg and any(expected_msg in msg for _, msg in problems), (
         f"{expected_msg!r} not in {problems}"
     )
+
+
+@pytest.mark.parametrize("case", HOSTILE_OVERRIDES, ids=lambda c: c.id)
+def test_hostile_override_rejected_offline(case: Invalid) -> None:
+    test_invalid_rejected_offline(case)
+
+
+@pytest.mark.parametrize(("kind", "where"), SAFE_OVERRIDE_CASES, ids=[f"{k}-{w}" for k, w in SAFE_OVERRIDE_CASES])
+def test_safe_overrides_valid_offline(kind: str, where: str) -> None:
+    parse(manifest(kind, changes={where: {"podOverrides": SAFE_OVERRIDES}}), kind)
 
 
 # --------------------------------------------------------------------------- real API server
@@ -351,6 +484,23 @@ def test_invalid_rejected_by_server(cluster: Cluster, crds: list[str], case: Inv
     assert case.field in fields or case.field in message, f"{case.field} not named: {message} {fields}"
     expected = case.server_msg or case.msg
     assert expected and expected in message, f"{expected!r} not in {message}"
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("case", HOSTILE_OVERRIDES, ids=lambda c: c.id)
+def test_hostile_override_rejected_by_server(cluster: Cluster, crds: list[str], case: Invalid) -> None:
+    """Refused by the API server itself, naming the field (issue 13: podOverrides ran arbitrary pods)."""
+    test_invalid_rejected_by_server(cluster, crds, case)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("kind", "where"), SAFE_OVERRIDE_CASES, ids=[f"{k}-{w}" for k, w in SAFE_OVERRIDE_CASES])
+def test_safe_overrides_accepted_by_server(cluster: Cluster, crds: list[str], kind: str, where: str) -> None:
+    created = _create(manifest(kind, changes={where: {"podOverrides": SAFE_OVERRIDES}}), "default")
+    spec = created["spec"]
+    for key in where.split(".")[1:]:
+        spec = spec[key]
+    assert spec["podOverrides"] == SAFE_OVERRIDES, "nothing pruned from the allowed overrides"
 
 
 @pytest.mark.cluster

@@ -165,11 +165,12 @@ def test_crd_schema_is_structural_and_documented(kind: str) -> None:
     assert cols[-1] == "Age"
 
 
-def test_pod_overrides_survive_pruning() -> None:
+def test_pod_overrides_are_closed() -> None:
+    """An allow-list (tests/unit/test_pod_overrides.py): unknown fields are rejected, not passed through."""
     schema = crdgen.crd(KINDS["TrainingJob"])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     overrides = schema["properties"]["spec"]["properties"]["resources"]["properties"]["podOverrides"]
-    assert overrides["x-kubernetes-preserve-unknown-fields"] is True
-    assert overrides["type"] == "object"
+    assert "x-kubernetes-preserve-unknown-fields" not in overrides
+    assert overrides["type"] == "object" and "hostNetwork" not in overrides["properties"]
 
 
 def test_cel_rules_mirror_python_rules() -> None:

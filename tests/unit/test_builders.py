@@ -192,19 +192,29 @@ def test_config_map_is_shared_stage_config() -> None:
 
 def test_pod_annotations_and_overrides() -> None:
     body = _pipeline()["chat-sft"].to_wire()
-    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: '{"kubeforge.io/test-fail": "true"}'}
+    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: '{"example.com/trace": "on"}'}
     body["spec"]["resources"]["podOverrides"] = {
-        "containers": [{"name": "stage", "env": [{"name": "EXTRA", "value": "1"}]}],
-        "hostname": "x",
+        "env": [{"name": "EXTRA", "value": "1"}],
+        "annotations": {"example.com/team": "nlp"},
+        "labels": {"team": "nlp"},
     }
     tj = TrainingJob.model_validate(body)
     job = trainingjob.get_children(tj, _inputs(tj), SETTINGS)[-1]
     tmpl = job["spec"]["template"]
-    assert tmpl["metadata"]["annotations"]["kubeforge.io/test-fail"] == "true"
+    assert tmpl["metadata"]["annotations"]["example.com/trace"] == "on"
+    assert tmpl["metadata"]["annotations"]["example.com/team"] == "nlp"
     assert tmpl["metadata"]["annotations"]["prometheus.io/port"] == "9400"
+    assert tmpl["metadata"]["labels"]["team"] == "nlp"
     envs = [e["name"] for e in tmpl["spec"]["containers"][0]["env"]]
     assert "EXTRA" in envs and "PYTHONUNBUFFERED" in envs
-    assert tmpl["spec"]["hostname"] == "x"
+
+    # Reserved keys (e.g. KWOK's kubeforge.io/test-fail) only with the operator's test hooks on.
+    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: '{"kubeforge.io/test-fail": "true"}'}
+    tj = TrainingJob.model_validate(body)
+    with pytest.raises(ValueError, match=r"kubeforge\.io/pod-annotations.*reserved: kubeforge\.io/test-fail"):
+        trainingjob.get_children(tj, _inputs(tj), SETTINGS)
+    job = trainingjob.get_children(tj, _inputs(tj), OperatorSettings(test_hooks=True))[-1]
+    assert job["spec"]["template"]["metadata"]["annotations"]["kubeforge.io/test-fail"] == "true"
 
     body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: "[1]"}
     with pytest.raises(ValueError, match=r"kubeforge\.io/pod-annotations"):

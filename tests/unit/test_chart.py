@@ -172,6 +172,26 @@ def test_values_reach_the_operator_environment(render: Render) -> None:
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
 
 
+def test_workload_pod_defaults_reach_the_operator(render: Render) -> None:
+    """`workloadPodDefaults` becomes KUBEFORGE_WORKLOAD_POD_DEFAULTS, which the operator's settings parse."""
+    from kubeforge.settings import OperatorSettings
+
+    def settings_from(objs: list[dict[str, Any]]) -> OperatorSettings:
+        (c,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+        return OperatorSettings.from_env({e["name"]: e["value"] for e in c["env"] if "value" in e})
+
+    assert settings_from(render()).workload_pod_defaults == OperatorSettings().workload_pod_defaults
+    defaults = settings_from(render({
+        "workloadPodDefaults.nodeSelector.pool": "ml",
+        "workloadPodDefaults.tolerations[0].key": "dedicated",
+        "workloadPodDefaults.tolerations[0].operator": "Exists",
+        "workloadPodDefaults.annotations.example\\.com/team": "ml",
+    })).workload_pod_defaults
+    assert defaults.node_selector == {"pool": "ml"}
+    assert [t.to_wire() for t in defaults.tolerations] == [{"key": "dedicated", "operator": "Exists"}]
+    assert defaults.annotations == {"example.com/team": "ml"}
+
+
 def _rules(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [r for o in by_kind(objs, kind) for r in o["rules"]]
 
@@ -283,6 +303,8 @@ def test_helm_test_pod_checks_the_metrics_service(render: Render) -> None:
     ({"operator.logLevel": "loud"}, "/operator/logLevel"),
     ({"typoKey": "1"}, "typoKey"),
     ({"prometheusRule.stuckAfter": "six hours"}, "/prometheusRule/stuckAfter"),
+    ({"workloadPodDefaults.securityContext.runAsUser": "0"}, "/workloadPodDefaults"),
+    ({"workloadPodDefaults.tolerations[0].operator": "Maybe"}, "/workloadPodDefaults/tolerations/0/operator"),
 ])
 def test_schema_rejects_bad_values(helm: str, values: dict[str, str], field: str) -> None:
     proc = subprocess.run([helm, "template", "kf", str(CHART), "--kube-version", KUBE_VERSION, *_set_args(values)],

@@ -6,14 +6,14 @@ talk to the API server, so golden-file tests pin their output exactly.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..api.v1alpha1 import KubeResource
-from ..api.v1alpha1.common import Distributed, Resources, StorageLocation
+from ..api.v1alpha1.common import RESERVED_KEY, Distributed, PodOverrides, Resources, StorageLocation
 from ..settings import OperatorSettings
 from ..stage import (
     CONFIG_FILE,
@@ -146,26 +146,48 @@ def get_resource_requirements(res: Resources) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def get_scheduling(res: Resources) -> dict[str, Any]:
-    """nodeSelector (incl. GPU product), tolerations and priority class for a pod spec."""
+def get_scheduling(res: Resources, settings: OperatorSettings) -> dict[str, Any]:
+    """nodeSelector (incl. GPU product), tolerations, affinity, spread constraints and priority class.
+
+    nodeSelector layers, later wins on a shared key: the chart's `workloadPodDefaults`, `resources.nodeSelector`,
+    `resources.podOverrides.nodeSelector`, then the GPU product of `resources.gpuType`. Tolerations add up.
+    """
+    defaults = settings.workload_pod_defaults
+    ov = res.pod_overrides or PodOverrides()
     out: dict[str, Any] = {}
-    selector = dict(res.node_selector or {})
+    selector = {**defaults.node_selector, **(res.node_selector or {}), **(ov.node_selector or {})}
     if res.gpu_type:
         selector[GPU_PRODUCT_LABEL] = res.gpu_type
     if selector:
         out["nodeSelector"] = dict(sorted(selector.items()))
-    tolerations = [t.to_wire() for t in res.tolerations or []]
+    tolerations: list[dict[str, Any]] = []
+    for tol in (*(res.tolerations or []), *(ov.tolerations or []), *defaults.tolerations):
+        wire = tol.to_wire()
+        if wire not in tolerations:
+            tolerations.append(wire)
     if res.gpu and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         out["tolerations"] = tolerations
-    if res.priority_class_name:
-        out["priorityClassName"] = res.priority_class_name
+    affinity = ov.affinity.to_wire() if ov.affinity is not None else {}
+    if affinity:
+        out["affinity"] = affinity
+    if ov.topology_spread_constraints:
+        out["topologySpreadConstraints"] = [c.to_wire() for c in ov.topology_spread_constraints]
+    priority = ov.priority_class_name or res.priority_class_name
+    if priority:
+        out["priorityClassName"] = priority
     return out
 
 
-def pod_annotations_from(resource: KubeResource) -> dict[str, str]:
-    """Annotations the user asked to copy onto pods (`kubeforge.io/pod-annotations`, a JSON object)."""
+def pod_annotations_from(resource: KubeResource, allow_reserved: bool = False) -> dict[str, str]:
+    """Annotations the user asked to copy onto pods (`kubeforge.io/pod-annotations`, a JSON object).
+
+    Keys under the reserved prefixes (kubeforge.io/, kubernetes.io/, k8s.io/ and their subdomains: an AppArmor
+    `unconfined` annotation, a forged `kubeforge.io/result`, ...) are refused unless `allow_reserved` (the
+    operator's test hooks, for KWOK's `kubeforge.io/test-fail`). `spec.resources.podOverrides.annotations` is
+    the way to annotate pods that the API server checks at admission.
+    """
     raw = (resource.metadata.get("annotations") or {}).get(POD_ANNOTATIONS_ANNOTATION)
     if not raw:
         return {}
@@ -177,36 +199,86 @@ def pod_annotations_from(resource: KubeResource) -> dict[str, str]:
         ) from exc
     if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
         raise ValueError(f"metadata.annotations[{POD_ANNOTATIONS_ANNOTATION}]: must be a JSON object of strings")
+    reserved = sorted(str(k) for k in parsed if re.match(RESERVED_KEY, str(k)))
+    if reserved and not allow_reserved:
+        raise ValueError(
+            f"metadata.annotations[{POD_ANNOTATIONS_ANNOTATION}]: keys under kubeforge.io/, kubernetes.io/ and k8s.io/ "
+            f"(and their subdomains) are reserved: {', '.join(reserved)}"
+        )
     return {str(k): v for k, v in parsed.items()}
 
 
-def merge_pod_overrides(pod_spec: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Strategic-merge-like overlay: maps merge, `containers`/`volumes`/`env` merge by name, other lists replace."""
-    if not overrides:
-        return pod_spec
-    out = copy.deepcopy(pod_spec)
+def _overlaps(a: str, b: str) -> bool:
+    """Two mount paths where one would hide, or sit inside, the other."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
-    def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-        for key, value in src.items():
-            current = dst.get(key)
-            if isinstance(value, dict) and isinstance(current, dict):
-                merge(current, value)
-            elif (
-                isinstance(value, list)
-                and isinstance(current, list)
-                and all(isinstance(v, dict) and "name" in v for v in value + current)
-            ):
-                by_name = {item["name"]: item for item in current}
-                for item in value:
-                    if item["name"] in by_name:
-                        merge(by_name[item["name"]], item)
-                    else:
-                        current.append(copy.deepcopy(item))
-            else:
-                dst[key] = copy.deepcopy(value)
 
-    merge(out, overrides)
-    return out
+def add_pod_overrides(pod_spec: dict[str, Any], ov: PodOverrides | None) -> None:
+    """Add the allow-listed env, volumes and mounts of `podOverrides` to the pod's single container, in place.
+
+    PodOverrides has no field that reaches security settings, images or commands, so nothing here can. A name
+    or path the operator already uses is refused (ValueError, reported as InvalidSpec) rather than merged:
+    the API server rejects the reserved names, this also catches what depends on settings (the store's path).
+    """
+    if ov is None:
+        return
+    (container,) = pod_spec["containers"]
+    if ov.env:
+        taken = {e["name"] for e in container.get("env", [])}
+        clash = sorted(e.name for e in ov.env if e.name in taken)
+        if clash:
+            raise ValueError(f"podOverrides.env: {', '.join(clash)} is set by the operator")
+        container.setdefault("env", []).extend(e.to_wire() for e in ov.env)
+    if ov.volumes:
+        taken = {v["name"] for v in pod_spec.get("volumes", [])}
+        clash = sorted(v.name for v in ov.volumes if v.name in taken)
+        if clash:
+            raise ValueError(f"podOverrides.volumes: {', '.join(clash)} is used by the operator")
+        pod_spec.setdefault("volumes", []).extend(v.to_wire() for v in ov.volumes)
+    if ov.volume_mounts:
+        for mount in ov.volume_mounts:
+            for existing in container.get("volumeMounts", []):
+                if _overlaps(mount.mount_path, existing["mountPath"]):
+                    raise ValueError(
+                        f"podOverrides.volumeMounts: {mount.mount_path} overlaps the operator's mount at "
+                        f"{existing['mountPath']}"
+                    )
+        container.setdefault("volumeMounts", []).extend(m.to_wire() for m in ov.volume_mounts)
+
+
+def enforce_restricted(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The operator's security settings, applied last so that nothing before wins (Pod Security `restricted`)."""
+    pod_spec["automountServiceAccountToken"] = False
+    pod_spec["securityContext"] = get_pod_security_context()
+    for container in pod_spec["containers"]:
+        container["securityContext"] = get_container_security_context()
+    return pod_spec
+
+
+def pod_template_metadata(
+    resource: KubeResource,
+    res: Resources,
+    settings: OperatorSettings,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+) -> dict[str, Any]:
+    """Pod template labels and annotations: the chart's defaults < the object's podOverrides < the operator's.
+
+    The operator's labels (selectors, owner) and annotations (metrics) win over the object's; the
+    `kubeforge.io/pod-annotations` annotation keeps its historical place on top.
+    """
+    ov = res.pod_overrides or PodOverrides()
+    meta: dict[str, Any] = {"labels": {**(ov.labels or {}), **labels}}
+    merged = {
+        **settings.workload_pod_defaults.annotations,
+        **(ov.annotations or {}),
+        **annotations,
+        **pod_annotations_from(resource, allow_reserved=settings.test_hooks),
+    }
+    if merged:
+        meta["annotations"] = merged
+    return meta
 
 
 def _pvc_claims(value: Any) -> set[str]:
@@ -452,7 +524,6 @@ def get_stage_workload(
         "env": env,
         "resources": get_resource_requirements(resources),
         "volumeMounts": mounts,
-        "securityContext": get_container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if config.metrics_port:
@@ -464,21 +535,19 @@ def get_stage_workload(
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": get_pod_security_context(),
         **pod_extra,
-        **get_scheduling(resources),
+        **get_scheduling(resources, settings),
         "containers": [container],
         "volumes": volumes,
     }
-    pod_spec = merge_pod_overrides(pod_spec, resources.pod_overrides)
-    pod_annotations = {**metrics_annotations(config.metrics_port), **pod_annotations_from(resource)}
+    add_pod_overrides(pod_spec, resources.pod_overrides)
+    enforce_restricted(pod_spec)
     job_labels = dict(labels)
     if resources.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = resources.queue_name
-    template_meta: dict[str, Any] = {"labels": labels}
-    if pod_annotations:
-        template_meta["annotations"] = pod_annotations
+    template_meta = pod_template_metadata(
+        resource, resources, settings, labels, metrics_annotations(config.metrics_port)
+    )
     job: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",

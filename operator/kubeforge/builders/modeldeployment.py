@@ -14,18 +14,17 @@ from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageConfig, build_stage_config, local_path
 from .common import (
     Manifest,
+    add_pod_overrides,
     dns1035,
-    get_container_security_context,
+    enforce_restricted,
     get_labels,
     get_metadata,
-    get_pod_security_context,
     get_resource_requirements,
     get_scheduling,
     get_stage_workload,
     get_storage,
-    merge_pod_overrides,
     metrics_annotations,
-    pod_annotations_from,
+    pod_template_metadata,
 )
 
 HTTP_PORT = 8000
@@ -162,13 +161,10 @@ def get_triton_deployment(
             {"name": "dshm", "mountPath": "/dev/shm"},
             *storage.mounts,
         ],
-        "securityContext": get_container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "securityContext": get_pod_security_context(),
-        **get_scheduling(spec.resources),
+        **get_scheduling(spec.resources, settings),
         "containers": [container],
         "volumes": [
             {"name": "tmp", "emptyDir": {}},
@@ -177,16 +173,16 @@ def get_triton_deployment(
             *storage.volumes,
         ],
     }
-    pod_spec = merge_pod_overrides(pod_spec, spec.resources.pod_overrides)
+    add_pod_overrides(pod_spec, spec.resources.pod_overrides)
+    enforce_restricted(pod_spec)
     deploy_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         # Zero-downtime replace: a new pod must be Ready before an old one goes.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": {**metrics_annotations(METRICS_PORT), **pod_annotations_from(resource)},
-            },
+            "metadata": pod_template_metadata(
+                resource, spec.resources, settings, pod_labels, metrics_annotations(METRICS_PORT)
+            ),
             "spec": pod_spec,
         },
     }

@@ -8,6 +8,7 @@ gate is open. Canary: the new version runs as `<name>-canary` beside the stable 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,18 @@ from . import common, kube
 PLURAL = "modeldeployments"
 
 
+class _Refused(Exception):
+    """The builders refused the spec (a ValueError, e.g. a podOverrides mount on the artifact store's path)."""
+
+
+def _render(build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Builder output, rendered before anything is created or applied; a refusal is reported as InvalidSpec."""
+    try:
+        return build()
+    except ValueError as exc:
+        raise _Refused(str(exc)) from exc
+
+
 async def _conversion(
     w: common.StatusWriter, md: ModelDeployment, report: common.DependencyReport
 ) -> str | None:
@@ -31,8 +44,9 @@ async def _conversion(
     job_name = child_name(md, "convert")
     job = await common.get_job(md.namespace, job_name)
     if job is None:
+        children = _render(lambda: builders.get_conversion_children(md, report.inputs, s))
         await common.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
-        await common.create_children(builders.get_conversion_children(md, report.inputs, s))
+        await common.create_children(children)
         w.fields["jobName"] = job_name
         w.fields["lineage"] = list(common.iter_lineage(report.inputs))
         w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
@@ -73,12 +87,14 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
     served_repo = status.get("servedModelRepository") or repo
     canary = md.spec.rollout.strategy == "canary" and served is not None and served != version
     if canary:
-        children = builders.get_serving_children(
+        children = _render(lambda: builders.get_serving_children(
             md, s, stable_version=str(served), stable_repository=str(served_repo), canary_version=version,
             canary_repository=repo,
-        )
+        ))
     else:
-        children = builders.get_serving_children(md, s, stable_version=version, stable_repository=repo)
+        children = _render(lambda: builders.get_serving_children(
+            md, s, stable_version=version, stable_repository=repo
+        ))
     applied: dict[str, dict[str, Any]] = {}
     for child in children:
         applied[child["metadata"]["name"] + "/" + child["kind"]] = await kube.apply(child)
@@ -142,7 +158,13 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
             box["outcome"] = "waiting"
             w.flush(patch)
             return
-        repo = await _conversion(w, resource, report)
+        try:
+            repo = await _conversion(w, resource, report)
+        except _Refused as exc:
+            w.set(common.READY, "False", "InvalidSpec", str(exc))
+            box["outcome"] = "invalid"
+            w.flush(patch)
+            return
         if report.gate_failed:
             msg = "; ".join(report.gate_failed)
             w.set(common.DEPENDENCIES_READY, "False", "GateFailed", msg)
@@ -157,7 +179,11 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
             w.set(common.DEPENDENCIES_READY, "True", "DependenciesSucceeded", "inputs succeeded and gate passed")
             exported = w.condition(common.MODEL_EXPORTED) or {}
             if repo is not None:
-                await _serve(w, resource, repo)
+                try:
+                    await _serve(w, resource, repo)
+                except _Refused as exc:
+                    w.set(common.READY, "False", "InvalidSpec", str(exc))
+                    box["outcome"] = "invalid"
             elif exported.get("status") == "False":
                 w.set(common.READY, "False", "ConversionFailed", str(exported.get("message", "")))
                 box["outcome"] = "failed"

@@ -6,11 +6,12 @@ Every field carries a description because the CRDs are generated from these mode
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -217,13 +218,564 @@ class StorageLocation(KubeModel):
 class Toleration(KubeModel):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, description="Taint key to tolerate; empty matches all keys.")
+    key: str | None = Field(default=None, max_length=317, description="Taint key to tolerate; empty matches all keys.")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value when operator is Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value when operator is Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty matches all."
     )
     toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+# --------------------------------------------------------------------------- pod overrides (allow-list)
+#
+# `spec.resources.podOverrides` is the only way an object shapes its pods, and it is an allow-list: a closed
+# schema whose fields cannot raise a pod's privileges. Everything else a core/v1 PodSpec has (securityContext,
+# serviceAccountName, automountServiceAccountToken, host namespaces, containers and so image/command/args,
+# hostPath/secret/CSI volumes, ...) is an unknown field: `kubectl` (field validation Strict, its default
+# since 1.27) gets `unknown field "spec.resources.podOverrides.<field>"` from the API server, and
+# `kubeforge validate`/`run` reject it offline (extra="forbid"). Each CEL rule below has a pydantic twin
+# raising the same message (tests/unit/test_api.py checks the pairs).
+
+RESERVED_DOMAINS = ("kubeforge.io", "kubernetes.io", "k8s.io")
+# A label/annotation key whose prefix is a reserved domain or a subdomain of one: kubeforge.io/...,
+# app.kubernetes.io/..., container.apparmor.security.beta.kubernetes.io/..., node.k8s.io/...
+RESERVED_KEY = r"^([^/]*[.])?(kubeforge[.]io|kubernetes[.]io|k8s[.]io)/"
+QUALIFIED_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# One path segment that is neither `.` nor `..` (no backsteps, no `//`).
+_SEGMENT = r"([-_A-Za-z0-9][-_.A-Za-z0-9]*|[.][-_A-Za-z0-9][-_.A-Za-z0-9]*|[.][.][-_.A-Za-z0-9]+)"
+ABSOLUTE_PATH = rf"^(/{_SEGMENT})+$"
+RELATIVE_PATH = rf"^{_SEGMENT}(/{_SEGMENT})*$"
+# Env the operator sets in workload containers (builders/common.py); user env may not shadow it.
+RESERVED_ENV_PREFIX = "KUBEFORGE_"
+RESERVED_ENV_NAMES = (
+    "PYTHONUNBUFFERED", "HOME", "HF_HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NPROC_PER_NODE", "NODE_RANK",
+)
+# Volumes the operator adds (config, scratch, shared memory, artifact store, `pvc-<claim>` inputs).
+RESERVED_VOLUME_NAMES = ("config", "tmp", "dshm", "artifact-store")
+RESERVED_VOLUME_PREFIX = "pvc-"
+# The operator's mounts and system paths: a user volume mounted there would replace the stage config
+# (and so what the stage runs), the scratch or shared-memory dirs, input claims, or /dev, /proc, /sys.
+RESERVED_MOUNT_PATHS = ("/dev", "/proc", "/sys", "/tmp", "/etc/kubeforge", "/mnt/pvc")
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def _exactly_one(fields: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"has(self.{f})" for f in fields) + "].filter(x, x).size() == 1"
+
+
+MSG_ANNOTATION_KEY = "annotation keys must be qualified names ([DNS-subdomain/]name, name at most 63 characters)"
+MSG_ANNOTATION_RESERVED = (
+    "annotation keys must not use the reserved prefixes kubeforge.io/, kubernetes.io/, k8s.io/ "
+    "or a subdomain of them (app.kubernetes.io/, ...)"
+)
+MSG_LABEL_KEY = "label keys must be qualified names ([DNS-subdomain/]name, name at most 63 characters)"
+MSG_LABEL_RESERVED = (
+    "label keys must not use the reserved prefixes kubeforge.io/, kubernetes.io/, k8s.io/ "
+    "or a subdomain of them (app.kubernetes.io/, ...)"
+)
+MSG_ENV_RESERVED = (
+    f"env name is reserved for the operator: {RESERVED_ENV_PREFIX}* or one of {', '.join(RESERVED_ENV_NAMES)}"
+)
+MSG_ENV_VALUE = "set either value or valueFrom, not both"
+MSG_ENV_SOURCE = "valueFrom needs exactly one of configMapKeyRef, fieldRef or resourceFieldRef"
+MSG_VOLUME_SOURCE = "a volume needs exactly one of configMap, emptyDir, persistentVolumeClaim or projected"
+MSG_VOLUME_RESERVED = (
+    f"volume name is reserved for the operator's volumes ({', '.join(RESERVED_VOLUME_NAMES)}, "
+    f"{RESERVED_VOLUME_PREFIX}*)"
+)
+MSG_MOUNT_RESERVED = f"mountPath must not be {', '.join(RESERVED_MOUNT_PATHS)}, below or above them"
+MSG_MOUNT_VOLUME = "every volumeMounts[].name must be the name of a volume in podOverrides.volumes"
+MSG_PROJECTION = "a projected source needs exactly one of configMap or downwardAPI"
+MSG_DOWNWARD_FILE = "a downwardAPI item needs exactly one of fieldRef or resourceFieldRef"
+MSG_PRIORITY_SYSTEM = "priorityClassName must not be a system- class (system-node-critical, system-cluster-critical)"
+
+
+def _check_keys(keys: Any, fmt_msg: str, reserved_msg: str) -> None:
+    bad = sorted(str(k) for k in keys if not re.match(QUALIFIED_KEY, str(k)))
+    if bad:
+        raise ValueError(f"{fmt_msg}: {', '.join(bad)}")
+    reserved = sorted(str(k) for k in keys if re.match(RESERVED_KEY, str(k)))
+    if reserved:
+        raise ValueError(f"{reserved_msg}: {', '.join(reserved)}")
+
+
+def _annotation_keys(value: dict[str, str]) -> dict[str, str]:
+    _check_keys(value, MSG_ANNOTATION_KEY, MSG_ANNOTATION_RESERVED)
+    return value
+
+
+def _label_keys(value: dict[str, str]) -> dict[str, str]:
+    _check_keys(value, MSG_LABEL_KEY, MSG_LABEL_RESERVED)
+    return value
+
+
+def _env_name(value: str) -> str:
+    if value.startswith(RESERVED_ENV_PREFIX) or value in RESERVED_ENV_NAMES:
+        raise ValueError(MSG_ENV_RESERVED)
+    return value
+
+
+def _volume_name(value: str) -> str:
+    if value in RESERVED_VOLUME_NAMES or value.startswith(RESERVED_VOLUME_PREFIX):
+        raise ValueError(MSG_VOLUME_RESERVED)
+    return value
+
+
+def _mount_path(value: str) -> str:
+    if any(value == p or value.startswith(p + "/") or p.startswith(value + "/") for p in RESERVED_MOUNT_PATHS):
+        raise ValueError(MSG_MOUNT_RESERVED)
+    return value
+
+
+def _priority_class(value: str) -> str:
+    if value.startswith("system-"):
+        raise ValueError(MSG_PRIORITY_SYSTEM)
+    return value
+
+
+def _keys_rules(fmt_msg: str, reserved_msg: str) -> JsonDict:
+    return {
+        "x-kubernetes-validations": [
+            cel(f"self.all(k, k.matches('{QUALIFIED_KEY}'))", fmt_msg),
+            cel(f"self.all(k, !k.matches('{RESERVED_KEY}'))", reserved_msg),
+        ]
+    }
+
+
+PriorityClassName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        json_schema_extra={"x-kubernetes-validations": [cel("!self.startsWith('system-')", MSG_PRIORITY_SYSTEM)]},
+    ),
+    AfterValidator(_priority_class),
+]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+PodLabels = Annotated[
+    dict[str, LabelValue],
+    Field(max_length=16, json_schema_extra=_keys_rules(MSG_LABEL_KEY, MSG_LABEL_RESERVED)),
+    AfterValidator(_label_keys),
+]
+PodAnnotations = Annotated[
+    dict[str, str],
+    Field(max_length=16, json_schema_extra=_keys_rules(MSG_ANNOTATION_KEY, MSG_ANNOTATION_RESERVED)),
+    AfterValidator(_annotation_keys),
+]
+NodeSelector = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)]
+FileMode = Annotated[int, Field(ge=0, le=0o777)]
+PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class Affinity(KubeModel):
+    """Scheduling affinity (core/v1 Affinity); each part is passed through as written."""
+
+    node_affinity: dict[str, Any] | None = Field(
+        default=None, description="core/v1 NodeAffinity: nodes the pods prefer or require.", json_schema_extra=PRESERVE
+    )
+    pod_affinity: dict[str, Any] | None = Field(
+        default=None, description="core/v1 PodAffinity: co-locate with matching pods.", json_schema_extra=PRESERVE
+    )
+    pod_anti_affinity: dict[str, Any] | None = Field(
+        default=None, description="core/v1 PodAntiAffinity: keep away from matching pods.", json_schema_extra=PRESERVE
+    )
+
+
+class TopologySpreadConstraint(KubeModel):
+    """How pods spread across a topology domain (core/v1 TopologySpreadConstraint)."""
+
+    max_skew: int = Field(ge=1, description="Largest allowed difference in matching pods between two domains.")
+    topology_key: str = Field(min_length=1, max_length=317, description="Node label that defines a domain.")
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = Field(
+        description="DoNotSchedule or ScheduleAnyway when the skew cannot be met."
+    )
+    label_selector: dict[str, Any] | None = Field(
+        default=None, description="meta/v1 LabelSelector of the pods counted.", json_schema_extra=PRESERVE
+    )
+    match_label_keys: list[Annotated[str, Field(max_length=317)]] | None = Field(
+        default=None, max_length=16, description="Pod label keys whose values further select the pods counted."
+    )
+    min_domains: int | None = Field(default=None, ge=1, description="Minimum number of eligible domains.")
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = Field(
+        default=None, description="Whether node affinity limits the domains counted (Honor or Ignore)."
+    )
+    node_taints_policy: Literal["Honor", "Ignore"] | None = Field(
+        default=None, description="Whether node taints limit the domains counted (Honor or Ignore)."
+    )
+
+
+class ConfigMapKeySelector(KubeModel):
+    """One key of a ConfigMap in the object's namespace."""
+
+    name: ObjectName = Field(description="ConfigMap name.")
+    key: str = Field(min_length=1, max_length=253, description="Key in the ConfigMap.")
+    optional: bool | None = Field(default=None, description="Start the pod even if the ConfigMap or key is missing.")
+
+
+class ObjectFieldSelector(KubeModel):
+    """A field of the pod (downward API), e.g. `metadata.name` or `status.podIP`."""
+
+    field_path: str = Field(min_length=1, max_length=256, description="Path of the field, e.g. `metadata.name`.")
+    api_version: str | None = Field(default=None, max_length=64, description="Schema version of fieldPath (v1).")
+
+
+class ResourceFieldSelector(KubeModel):
+    """A resource request or limit of the container (downward API)."""
+
+    resource: str = Field(
+        min_length=1, max_length=64, description="Resource to expose, e.g. `limits.cpu` or `requests.memory`."
+    )
+    container_name: str | None = Field(
+        default=None, max_length=63, description="Container whose resource is read (volumes only)."
+    )
+    divisor: str | None = Field(default=None, pattern=QUANTITY, description="Unit of the exposed value, e.g. `1Mi`.")
+
+
+class EnvVarSource(KubeModel):
+    """Where an env value comes from: a ConfigMap key, a pod field or a container resource (never a Secret)."""
+
+    config_map_key_ref: ConfigMapKeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource request or limit of the container."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(_exactly_one(("configMapKeyRef", "fieldRef", "resourceFieldRef")), MSG_ENV_SOURCE)
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvVarSource:
+        if sum(x is not None for x in (self.config_map_key_ref, self.field_ref, self.resource_field_ref)) != 1:
+            raise ValueError(MSG_ENV_SOURCE)
+        return self
+
+
+class EnvVar(KubeModel):
+    """An extra environment variable of the workload container."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            pattern=ENV_NAME,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    cel(
+                        f"!self.startsWith('{RESERVED_ENV_PREFIX}') && !(self in {_cel_list(RESERVED_ENV_NAMES)})",
+                        MSG_ENV_RESERVED,
+                    )
+                ]
+            },
+        ),
+        AfterValidator(_env_name),
+    ] = Field(description="Variable name; names the operator sets (KUBEFORGE_*, HOME, AWS_*, ...) are reserved.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Value from a ConfigMap key, pod field or container resource (no Secrets)."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("!(has(self.value) && has(self.valueFrom))", MSG_ENV_VALUE)]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(MSG_ENV_VALUE)
+        return self
+
+
+class KeyToPath(KubeModel):
+    """One ConfigMap key projected to a file."""
+
+    key: str = Field(min_length=1, max_length=253, description="Key in the ConfigMap.")
+    path: str = Field(
+        max_length=256, pattern=RELATIVE_PATH, description="Relative file path in the volume (no `..`)."
+    )
+    mode: FileMode | None = Field(default=None, description="File mode bits (0-0777).")
+
+
+class ConfigMapVolumeSource(KubeModel):
+    """A ConfigMap of the object's namespace as files."""
+
+    name: ObjectName = Field(description="ConfigMap name.")
+    items: list[KeyToPath] | None = Field(
+        default=None, max_length=64, description="Keys to project (default: every key, as a file of its name)."
+    )
+    default_mode: FileMode | None = Field(default=None, description="Mode bits of the files (0-0777).")
+    optional: bool | None = Field(default=None, description="Start the pod even if the ConfigMap is missing.")
+
+
+class EmptyDirVolumeSource(KubeModel):
+    """Scratch space that lives as long as the pod."""
+
+    medium: Literal["", "Memory"] | None = Field(
+        default=None, description="`Memory` for a tmpfs (counts against the memory limit); default node disk."
+    )
+    size_limit: str | None = Field(default=None, pattern=QUANTITY, description="Largest size, e.g. `10Gi`.")
+
+
+class PersistentVolumeClaimVolumeSource(KubeModel):
+    """A PersistentVolumeClaim of the object's namespace."""
+
+    claim_name: ObjectName = Field(description="Claim name.")
+    read_only: bool | None = Field(default=None, description="Mount the claim read-only.")
+
+
+class ConfigMapProjection(KubeModel):
+    """A ConfigMap inside a projected volume."""
+
+    name: ObjectName = Field(description="ConfigMap name.")
+    items: list[KeyToPath] | None = Field(
+        default=None, max_length=64, description="Keys to project (default: every key)."
+    )
+    optional: bool | None = Field(default=None, description="Start the pod even if the ConfigMap is missing.")
+
+
+class DownwardAPIVolumeFile(KubeModel):
+    """A pod field or container resource written to a file."""
+
+    path: str = Field(max_length=256, pattern=RELATIVE_PATH, description="Relative file path (no `..`).")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource request or limit of a container."
+    )
+    mode: FileMode | None = Field(default=None, description="File mode bits (0-0777).")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel(_exactly_one(("fieldRef", "resourceFieldRef")), MSG_DOWNWARD_FILE)]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> DownwardAPIVolumeFile:
+        if (self.field_ref is None) == (self.resource_field_ref is None):
+            raise ValueError(MSG_DOWNWARD_FILE)
+        return self
+
+
+class DownwardAPIProjection(KubeModel):
+    """Pod fields and container resources inside a projected volume."""
+
+    items: list[DownwardAPIVolumeFile] = Field(min_length=1, max_length=32, description="Files to write.")
+
+
+class VolumeProjection(KubeModel):
+    """One source of a projected volume: a ConfigMap or downward API files (no Secrets, no tokens)."""
+
+    config_map: ConfigMapProjection | None = Field(default=None, description="A ConfigMap.")
+    downward_api: DownwardAPIProjection | None = Field(
+        default=None, alias="downwardAPI", description="Pod fields and container resources."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel(_exactly_one(("configMap", "downwardAPI")), MSG_PROJECTION)]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> VolumeProjection:
+        if (self.config_map is None) == (self.downward_api is None):
+            raise ValueError(MSG_PROJECTION)
+        return self
+
+
+class ProjectedVolumeSource(KubeModel):
+    """Several ConfigMaps and downward API files in one directory."""
+
+    sources: list[VolumeProjection] = Field(min_length=1, max_length=16, description="What the volume holds.")
+    default_mode: FileMode | None = Field(default=None, description="Mode bits of the files (0-0777).")
+
+
+class Volume(KubeModel):
+    """An extra volume of a safe type: configMap, emptyDir, persistentVolumeClaim or projected."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=63,
+            pattern=DNS1123,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    cel(
+                        f"!(self in {_cel_list(RESERVED_VOLUME_NAMES)}) && "
+                        f"!self.startsWith('{RESERVED_VOLUME_PREFIX}')",
+                        MSG_VOLUME_RESERVED,
+                    )
+                ]
+            },
+        ),
+        AfterValidator(_volume_name),
+    ] = Field(description="Volume name, referenced by volumeMounts[].name.")
+    config_map: ConfigMapVolumeSource | None = Field(default=None, description="A ConfigMap as files.")
+    empty_dir: EmptyDirVolumeSource | None = Field(default=None, description="Scratch space for the pod's lifetime.")
+    persistent_volume_claim: PersistentVolumeClaimVolumeSource | None = Field(
+        default=None, description="A PersistentVolumeClaim of the object's namespace."
+    )
+    projected: ProjectedVolumeSource | None = Field(
+        default=None, description="ConfigMaps and downward API files in one directory."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(_exactly_one(("configMap", "emptyDir", "persistentVolumeClaim", "projected")), MSG_VOLUME_SOURCE)
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Volume:
+        sources = (self.config_map, self.empty_dir, self.persistent_volume_claim, self.projected)
+        if sum(x is not None for x in sources) != 1:
+            raise ValueError(MSG_VOLUME_SOURCE)
+        return self
+
+
+class VolumeMount(KubeModel):
+    """Where the workload container mounts one of the extra volumes."""
+
+    name: Name = Field(description="Name of a volume in podOverrides.volumes.")
+    mount_path: Annotated[
+        str,
+        Field(
+            max_length=256,
+            pattern=ABSOLUTE_PATH,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    cel(
+                        f"{_cel_list(RESERVED_MOUNT_PATHS)}.all(p, self != p && !self.startsWith(p + '/') && "
+                        "!p.startsWith(self + '/'))",
+                        MSG_MOUNT_RESERVED,
+                    )
+                ]
+            },
+        ),
+        AfterValidator(_mount_path),
+    ] = Field(
+        description="Absolute path in the container; not /dev, /proc, /sys, /tmp, /etc/kubeforge, /mnt/pvc, "
+        "nor below or above them."
+    )
+    sub_path: str | None = Field(
+        default=None, max_length=256, pattern=RELATIVE_PATH, description="Mount only this relative path of the volume."
+    )
+    read_only: bool | None = Field(default=None, description="Mount read-only.")
+
+
+def _list_map(key: str) -> JsonDict:
+    """Entries are unique by `key` (the API server rejects duplicates; server-side apply merges by it)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+class PodOverrides(KubeModel):
+    """Tenant-safe additions to the workload pods; an allow-list, everything else is rejected.
+
+    Security settings (securityContext, serviceAccountName, automountServiceAccountToken, host namespaces),
+    containers, images, commands and hostPath/secret volumes are not fields here: the operator owns them and
+    every pod it renders meets the Pod Security `restricted` level. Cluster-wide pod defaults belong in the
+    chart's `workloadPodDefaults`.
+    """
+
+    node_selector: NodeSelector | None = Field(
+        default=None, description="Node labels the pods must match (added to resources.nodeSelector)."
+    )
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = Field(
+        default=None, description="Taints the pods tolerate (added to resources.tolerations)."
+    )
+    affinity: Affinity | None = Field(default=None, description="Node affinity and pod (anti-)affinity.")
+    topology_spread_constraints: Annotated[list[TopologySpreadConstraint], Field(max_length=8)] | None = Field(
+        default=None, description="How the pods spread across zones or nodes."
+    )
+    priority_class_name: PriorityClassName | None = Field(
+        default=None, description="PriorityClass of the pods (wins over resources.priorityClassName); not system-*."
+    )
+    env: Annotated[list[EnvVar], Field(max_length=64)] | None = Field(
+        default=None,
+        description="Extra environment variables of the workload container (values or ConfigMap/pod refs only).",
+        json_schema_extra=_list_map("name"),
+    )
+    volumes: Annotated[list[Volume], Field(max_length=16)] | None = Field(
+        default=None,
+        description="Extra volumes: configMap, emptyDir, persistentVolumeClaim or projected (ConfigMap/downward API).",
+        json_schema_extra=_list_map("name"),
+    )
+    volume_mounts: Annotated[list[VolumeMount], Field(max_length=32)] | None = Field(
+        default=None,
+        description="Mounts of the extra volumes in the workload container.",
+        json_schema_extra=_list_map("mountPath"),
+    )
+    annotations: PodAnnotations | None = Field(
+        default=None,
+        description="Extra pod annotations; keys under kubeforge.io/, kubernetes.io/, k8s.io/ (and subdomains) "
+        "are reserved.",
+    )
+    labels: PodLabels | None = Field(
+        default=None,
+        description="Extra pod labels; keys under kubeforge.io/, kubernetes.io/, k8s.io/ (and subdomains) "
+        "are reserved.",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+                    "self.volumes.exists(v, v.name == m.name))",
+                    MSG_MOUNT_VOLUME,
+                    ".volumeMounts",
+                )
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> PodOverrides:
+        names = {v.name for v in self.volumes or []}
+        if any(m.name not in names for m in self.volume_mounts or []):
+            raise ValueError(MSG_MOUNT_VOLUME)
+        return self
+
+    @field_validator("env", "volumes")
+    @classmethod
+    def _unique_names(cls, value: list[Any] | None) -> list[Any] | None:
+        names = [item.name for item in value or []]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate names: {', '.join(dup)}")
+        return value
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _unique_paths(cls, value: list[VolumeMount] | None) -> list[VolumeMount] | None:
+        paths = [m.mount_path for m in value or []]
+        dup = sorted({p for p in paths if paths.count(p) > 1})
+        if dup:
+            raise ValueError(f"duplicate mountPath: {', '.join(dup)}")
+        return value
 
 
 class Resources(KubeModel):
@@ -236,16 +788,23 @@ class Resources(KubeModel):
     )
     cpu: str = Field(default="1", pattern=QUANTITY, description="CPU request (Kubernetes quantity).")
     memory: str = Field(default="4Gi", pattern=QUANTITY, description="Memory request (Kubernetes quantity).")
-    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods must match.")
-    tolerations: list[Toleration] | None = Field(default=None, description="Taints the pods tolerate.")
-    priority_class_name: str | None = Field(default=None, description="PriorityClass of the pods.")
+    node_selector: NodeSelector | None = Field(default=None, description="Node labels the pods must match.")
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = Field(
+        default=None, description="Taints the pods tolerate."
+    )
+    priority_class_name: PriorityClassName | None = Field(
+        default=None, description="PriorityClass of the pods (not a system-* class)."
+    )
     queue_name: str | None = Field(
         default=None, description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the Job."
     )
-    pod_overrides: dict[str, Any] | None = Field(
+    pod_overrides: PodOverrides | None = Field(
         default=None,
-        description="Free-form fields merged into the pod spec (strategic merge of a partial core/v1 PodSpec).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description=(
+            "Tenant-safe pod settings: scheduling, extra env, extra configMap/emptyDir/PVC/projected volumes, "
+            "labels and annotations. Anything else (securityContext, serviceAccountName, host namespaces, "
+            "images, commands, hostPath or secret volumes, ...) is rejected."
+        ),
     )
 
 
