@@ -20,7 +20,8 @@
 # their default BASE_IMAGE (see README.md, "Images").
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# KUBEFORGE_IMAGE_SOURCE: build from another checkout (e.g. a `git worktree` of HEAD while the tree changes).
+ROOT="${KUBEFORGE_IMAGE_SOURCE:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 CACHE="${KUBEFORGE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeforge/images}"
 PIP_CACHE_DIR="${PIP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pip}"
 SUITE="${KUBEFORGE_BASE_SUITE:-bookworm}"

@@ -34,9 +34,10 @@ QUICKSTART = ROOT / "examples" / "quickstart"
 CHART = ROOT / "charts" / "kubeforge"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubeforge"
 TOOLS_DIR = Path(os.environ.get("KUBEFORGE_TOOLS_DIR") or CACHE / "tools")
-IMAGES_ENV = Path(os.environ.get("KUBEFORGE_IMAGE_CACHE") or CACHE / "images") / "images.env"
 NODE = os.environ.get("KUBEFORGE_REAL_NODE", "kubeforge-node-0")
-VOLUMES = TOOLS_DIR / "node" / "run" / "volumes"
+NODE_RUN = TOOLS_DIR / "node" / "run"
+IMAGES_ENV = NODE_RUN / "images.env"  # written by hack/real-node.sh: references in the node's registry
+VOLUMES = NODE_RUN / "volumes"
 DATA_DIR = "quickstart-data"
 PIPELINE_TIMEOUT_S = 40 * 60
 BOUNDED = [("dataset", "corpus"), ("dataset", "instructions"), ("dataset", "preferences"),
@@ -45,9 +46,9 @@ BOUNDED = [("dataset", "corpus"), ("dataset", "instructions"), ("dataset", "pref
 
 
 def images() -> dict[str, str]:
-    """Image references from the last `hack/build-images.sh` (test-cluster.sh up runs it)."""
+    """Image references the real node pulls (hack/test-cluster.sh up builds, pushes and pre-pulls them)."""
     if not IMAGES_ENV.is_file():
-        pytest.fail(f"{IMAGES_ENV} missing: hack/test-cluster.sh up builds the images", pytrace=False)
+        pytest.fail(f"{IMAGES_ENV} missing: hack/test-cluster.sh up starts the real node", pytrace=False)
     pairs = (line.split("=", 1) for line in IMAGES_ENV.read_text().splitlines() if "=" in line)
     return {k.removeprefix("KUBEFORGE_IMAGE_").lower(): v for k, v in pairs}
 
@@ -61,7 +62,8 @@ def real_namespace(cluster: Any, prefix: str) -> str:
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {
             "name": name,
-            "labels": {"app.kubernetes.io/part-of": "kubeforge-tests", "pod-security.kubernetes.io/enforce": "restricted"},
+            "labels": {"app.kubernetes.io/part-of": "kubeforge-tests",
+                       "pod-security.kubernetes.io/enforce": "restricted"},
             "annotations": {"scheduler.alpha.kubernetes.io/node-selector": "kubeforge.io/real-node=true",
                             "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(tolerations)},
         },
@@ -89,7 +91,8 @@ def get(cluster: Any, ns: str, kind: str, name: str) -> dict[str, Any] | None:
 
 
 def items(cluster: Any, ns: str, kind: str, *selector: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = json.loads(cluster.kubectl("get", kind, "-n", ns, *selector, "-o", "json").stdout)["items"]
+    proc = cluster.kubectl("get", kind, "-n", ns, *selector, "-o", "json")
+    out: list[dict[str, Any]] = json.loads(proc.stdout)["items"]
     return out
 
 
@@ -209,7 +212,8 @@ def pod_seconds(pod: dict[str, Any]) -> float | None:
         term = (st.get("state") or {}).get("terminated")
         if term and term.get("startedAt") and term.get("finishedAt"):
             fmt = "%Y-%m-%dT%H:%M:%SZ"
-            return (datetime.strptime(term["finishedAt"], fmt) - datetime.strptime(term["startedAt"], fmt)).total_seconds()
+            started, finished = (datetime.strptime(term[k], fmt) for k in ("startedAt", "finishedAt"))
+            return (finished - started).total_seconds()
     return None
 
 
@@ -229,9 +233,9 @@ def test_quickstart_runs_in_pods_on_the_real_node(cluster: Any, installed: tuple
         for p in items(cluster, ns, "pods", "-l", "app.kubernetes.io/instance=base-lm")
     ), timeout=PIPELINE_TIMEOUT_S / 2, on_timeout=state)
     cluster.kubectl("delete", "pod", first["metadata"]["name"], "-n", system, "--wait=false")
-    replaced = wait_for("a new operator pod Running", lambda: (p := operator_pod(cluster, system)) and
-                        p["metadata"]["uid"] != first["metadata"]["uid"] and p["status"].get("phase") == "Running" and p,
-                        timeout=300, on_timeout=state)
+    replaced = wait_for("a new operator pod Running", lambda: (p := operator_pod(cluster, system))
+                        and p["metadata"]["uid"] != first["metadata"]["uid"]
+                        and p["status"].get("phase") == "Running" and p, timeout=300, on_timeout=state)
     assert replaced["spec"]["nodeName"] == NODE
 
     md = wait_for("ModelDeployment chat Ready=True", lambda: (o := get(cluster, ns, "modeldeployment", "chat"))
@@ -258,7 +262,8 @@ def test_quickstart_runs_in_pods_on_the_real_node(cluster: Any, installed: tuple
     owners = [(j["metadata"]["ownerReferences"][0]["kind"], j["metadata"]["ownerReferences"][0]["name"]) for j in jobs]
     assert len(owners) == len(set(owners)) == len(BOUNDED) + 1, f"duplicate or missing Jobs: {sorted(owners)}"
     pods = items(cluster, ns, "pods")
-    assert pods and all(p["spec"]["nodeName"] == NODE for p in pods), [(p["metadata"]["name"], p["spec"].get("nodeName")) for p in pods]
+    placement = [(p["metadata"]["name"], p["spec"].get("nodeName")) for p in pods]
+    assert pods and all(node == NODE for _, node in placement), placement
     stage_pods = [p for p in pods if p["status"].get("phase") == "Succeeded"]
     assert len(stage_pods) >= len(BOUNDED) + 1
     assert all(p["status"]["podIP"].startswith("10.244.0.") for p in pods if p["status"].get("podIP"))
