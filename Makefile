@@ -50,5 +50,5 @@ test-unit: venv
 	$(BIN)/python -m pytest tests/unit -q
 
 test: setup cluster-tools images prometheus lint ## Everything CI runs: lint, unit, ML, serving, cluster, end-to-end
-	bash hack/test-cluster.sh up
+	KUBEFORGE_REFRESH_IMAGES=1 bash hack/test-cluster.sh up
 	$(BIN)/python -m pytest tests -ra --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests selected"; rc=0; fi; exit $$rc

@@ -117,6 +117,15 @@ build() {
   printf -v "IMG_${name^^}" '%s' "$tag"
 }
 
+# Keep only the current images: each trainer build is 6 GB, and the disk is shared.
+prune_old() {
+  local ref keep=" $* "
+  while read -r ref; do
+    [[ "$keep" == *" $ref "* ]] || podman rmi "$ref" >/dev/null 2>&1 || true
+  done < <(podman images --format '{{.Repository}}:{{.Tag}}' --filter reference='localhost/kubeforge/*')
+  podman image prune -f >/dev/null 2>&1 || true
+}
+
 cmd_build() {
   local start=$SECONDS code
   ensure_packages
@@ -141,6 +150,7 @@ KUBEFORGE_IMAGE_TRAINER=$IMG_TRAINER
 KUBEFORGE_IMAGE_SERVING=$IMG_SERVING
 KUBEFORGE_IMAGE_TRITON=$IMG_TRITON
 EOF
+  prune_old "$BASE" "$IMG_PAUSE" "$IMG_OPERATOR" "$IMG_TRAINER" "$IMG_SERVING" "$IMG_TRITON"
   log "done in $((SECONDS - start))s; references in $CACHE/images.env"
   podman images --filter reference='localhost/kubeforge/*' --format '{{.Repository}}:{{.Tag}} {{.Size}}' >&2
   echo "$CACHE/images.env"

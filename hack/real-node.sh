@@ -180,6 +180,12 @@ push_and_pull() {
       || die "podman push $remote failed"
     ctr_ images pull --plain-http "$remote" >/dev/null || die "containerd could not pull $remote"
   done <"$env_file"
+  # Drop older versions of our images from the node (containerd garbage-collects their layers).
+  local current old
+  current=" $(cut -d= -f2 "$RUN_DIR/images.env" | tr '\n' ' ') "
+  for old in $(ctr_ images ls -q | grep "^$REGISTRY/kubeforge/" || true); do
+    [[ "$current" == *" $old "* ]] || ctr_ images rm "$old" >/dev/null 2>&1 || true
+  done
   log "images on the node ($((SECONDS - start))s); references in $RUN_DIR/images.env"
 }
 

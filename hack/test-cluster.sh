@@ -106,6 +106,8 @@ componentsPatches:
   # `kubectl logs/exec/port-forward` on the real node: the kubelet accepts the cluster CA's admin cert.
   - {key: kubelet-client-certificate, value: "$CLUSTER_DIR/pki/admin.crt"}
   - {key: kubelet-client-key, value: "$CLUSTER_DIR/pki/admin.key"}
+  # The node's name does not resolve on this machine; its InternalIP does.
+  - {key: kubelet-preferred-address-types, value: "InternalIP,Hostname"}
   # Namespaces annotated for the real node get its nodeSelector and toleration (see real_namespace).
   - {key: enable-admission-plugins, value: "PodNodeSelector,PodTolerationRestriction"}
 - name: kube-controller-manager
@@ -232,9 +234,15 @@ wait_ready() {
   done
 }
 
-# Build (or find cached) images, then start the real node and load them into it.
+# Build (or find cached) images, then start the real node and move them into it. When the node is already
+# running, its images are left alone unless KUBEFORGE_REFRESH_IMAGES=1 (`make test` sets it): a test session
+# that only needs the cluster must not rebuild images from a tree someone is editing.
 real_node_up() {
   [[ "$REAL_NODE" == 1 ]] || return 0
+  if [[ "${KUBEFORGE_REFRESH_IMAGES:-0}" != 1 ]] && [[ -s "$TOOLS_DIR/node/run/images.env" ]] \
+     && KUBECONFIG_PATH="$KUBECONFIG_PATH" CLUSTER_DIR="$CLUSTER_DIR" BIN="$BIN" bash "$HACK_DIR/real-node.sh" status 2>/dev/null; then
+    return 0
+  fi
   local env_file
   env_file="$(bash "$HACK_DIR/build-images.sh" build 9>&-)" || die "hack/build-images.sh failed"
   KUBECONFIG_PATH="$KUBECONFIG_PATH" CLUSTER_DIR="$CLUSTER_DIR" BIN="$BIN" \

@@ -217,6 +217,7 @@ def pod_seconds(pod: dict[str, Any]) -> float | None:
     return None
 
 
+@pytest.mark.timeout(PIPELINE_TIMEOUT_S + 15 * 60)
 def test_quickstart_runs_in_pods_on_the_real_node(cluster: Any, installed: tuple[str, str, str]) -> None:
     system, _, ns = installed
     t0 = time.monotonic()
