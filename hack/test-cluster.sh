@@ -110,6 +110,12 @@ componentsPatches:
   - {key: kubelet-preferred-address-types, value: "InternalIP,Hostname"}
   # Namespaces annotated for the real node get its nodeSelector and toleration (see real_namespace).
   - {key: enable-admission-plugins, value: "PodNodeSelector,PodTolerationRestriction"}
+# kwokctl starts KWOK with --manage-all-nodes=true: it would fake the real node's pods (KWOK IPs, instant
+# "Completed"). It must manage only the nodes annotated as fake.
+- name: kwok-controller
+  extraArgs:
+  - {key: manage-all-nodes, value: "false", override: true}
+  - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}
 - name: kube-controller-manager
   extraArgs:
   # The default 20 QPS starves Job and GC work when a test creates 1,000 objects.
