@@ -248,10 +248,15 @@ def test_quickstart_runs_in_pods_on_the_real_node(cluster: Any, installed: tuple
         obj = get(cluster, ns, kind, name)
         assert obj is not None and cond(obj, "Succeeded").get("status") == "True", (kind, name, obj and obj["status"])
         status = obj["status"]
-        digest = (status.get("artifact") or {}).get("digest") or status.get("digest")
-        assert digest, f"{kind}/{name}: no artifact digest in status {status}"
+        if kind == "evaluation":  # an Evaluation's output is its report, not an artifact
+            assert status.get("reportUri"), status
+        else:
+            digest = (status.get("artifact") or {}).get("digest") or status.get("digest")
+            assert digest, f"{kind}/{name}: no artifact digest in status {status}"
+        if kind != "dataset":
+            assert status.get("lineage"), f"{kind}/{name}: no lineage"
         for entry in status.get("lineage") or []:
-            assert entry.get("digest"), f"{kind}/{name}: lineage entry without digest: {entry}"
+            assert str(entry.get("digest", "")).startswith("sha256:"), f"{kind}/{name}: lineage without digest: {entry}"
     sft = get(cluster, ns, "trainingjob", "chat-sft")
     assert sft is not None and {e["name"] for e in sft["status"]["lineage"]} >= {"base-lm", "instructions"}
     ev = get(cluster, ns, "evaluation", "chat-eval")
@@ -273,6 +278,7 @@ def test_quickstart_runs_in_pods_on_the_real_node(cluster: Any, installed: tuple
     # repository answers on the local Triton the runner uses.
     dep = get(cluster, ns, "deployment", "chat")
     assert dep is not None and dep["status"].get("readyReplicas", 0) >= 1
+    assert md["status"]["lineage"][0]["digest"].startswith("sha256:") and md["status"]["modelDigest"]
     answer = request_through_service(cluster, ns, md, pv_dir)
 
     report = {
