@@ -31,9 +31,9 @@ local JOB_CREATED = "JobCreated"
 local PASSED = "Passed"
 -- The operator's failure reasons (WARNING_REASONS): Degraded wherever they appear.
 local FAILURE_REASONS = {
-  BackoffLimitExceeded = true, ConversionFailed = true, DeadlineExceeded = true,
-  DependencyFailed = true, Failed = true, GateFailed = true, InvalidSpec = true, NoResult = true,
-  ThresholdsFailed = true,
+  BackoffLimitExceeded = true, ChildRejected = true, ConversionFailed = true,
+  DeadlineExceeded = true, DependencyFailed = true, Failed = true, GateFailed = true,
+  IncompatibleDataset = true, InvalidSpec = true, NoResult = true, ThresholdsFailed = true,
 }
 -- Reasons that wait for a gate or a person rather than for work (argocd/render.py): Suspended.
 local SUSPEND_REASONS = {

@@ -42,16 +42,30 @@ def crds(
 
 @app.command()
 def validate(files: list[Path] = typer.Argument(..., help="Manifest files or directories.")) -> None:
-    """Validate Kubeforge manifests offline; errors name the file, object and field."""
-    from .manifests import ManifestError, load
+    """Validate Kubeforge manifests offline; errors name the file, object and field.
 
+    Besides each object's own schema, objects given together are checked against each other: an
+    Evaluation's Dataset must produce the records its taskType reads and fill the splits it reads.
+    """
+    from .manifests import ManifestError, iter_documents, parse
+    from .runner.graph import compatibility_problems
+
+    problems: list[str] = []
+    parsed = []
     try:
-        resources = load(files)
+        for doc in iter_documents(files):
+            try:
+                parsed.append((parse(doc.body, doc.label), doc.label))
+            except ManifestError as exc:
+                problems.extend(exc.problems)
     except ManifestError as exc:
-        for line in exc.problems:
+        problems.extend(exc.problems)
+    problems += compatibility_problems(parsed)
+    if problems:
+        for line in problems:
             console.print(f"[red]error[/] {line}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
-    for r in resources:
+        raise typer.Exit(1)
+    for r, _ in parsed:
         typer.echo(f"ok {r.kind}/{r.name}")
 
 

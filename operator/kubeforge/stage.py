@@ -29,10 +29,13 @@ DEFAULT_PVC_ROOT = "/mnt/pvc"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MAX = 4096
 METRICS_PORT = 9400
+# libyaml's emitter (same output as SafeDumper, ~10x less CPU in the operator's event loop) when present.
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def stage_name(resource: KubeResource) -> str:
-    """Which stage runs a resource: prepare, pretrain, sft, reward, rlhf, evaluate or convert."""
+    """Which stage runs a resource: prepare, pretrain, sft, classification, regression, reward, rlhf, evaluate
+    or convert."""
     kind = resource.kind
     if kind == "Dataset":
         return "prepare"
@@ -89,7 +92,7 @@ class StageConfig(KubeModel):
 
     def dump_yaml(self) -> str:
         """Deterministic YAML (the ConfigMap data and the local config file are byte-identical)."""
-        return yaml.safe_dump(self.to_wire(), sort_keys=True)
+        return yaml.dump(self.to_wire(), Dumper=_YAML_DUMPER, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> StageConfig:
@@ -117,7 +120,7 @@ class StageResult(KubeModel):
         default=None,
         description=(
             "Kind-specific status fields in status's camelCase names, e.g. Dataset `counts`, `removed`, "
-            "`statistics`, `digest`; Evaluation `passed`, `failedThresholds`, `sampleCount`, `reportUri`; "
+            "`statistics`, `digest`; Evaluation `passed`, `failedThresholds`, `sampleCount`, `reportUri`, `variants`; "
             "ModelDeployment `modelRepository`, `conversion`."
         ),
     )
@@ -229,7 +232,7 @@ def build_stage_config(
     body = {"apiVersion": resource.api_version, "kind": resource.kind, "metadata": meta}
     body["spec"] = resource.spec.to_wire()  # type: ignore[attr-defined]
     stage = stage_name(resource)
-    bounded_training = stage in ("pretrain", "sft", "reward", "rlhf")
+    bounded_training = stage in ("pretrain", "sft", "classification", "regression", "reward", "rlhf")
     return StageConfig(
         stage=stage,
         resource=body,

@@ -85,6 +85,22 @@ def detect_task(config: Any, task: str = "auto") -> Task:
     )
 
 
+def _adapter_head(path: Path) -> dict[str, Any]:
+    """Head kwargs (`num_labels`, `id2label`) a Kubeforge classifier adapter's `kubeforge-model.json` names."""
+    manifest = path / "kubeforge-model.json"
+    if not manifest.is_file():
+        return {}
+    body = json.loads(manifest.read_text())
+    if not body.get("numLabels"):
+        return {}
+    out: dict[str, Any] = {"num_labels": int(body["numLabels"])}
+    labels = body.get("labels") or []
+    if labels:
+        out["id2label"] = {i: str(v) for i, v in enumerate(labels)}
+        out["label2id"] = {str(v): i for i, v in enumerate(labels)}
+    return out
+
+
 def load_model(model_dir: str | Path, task: str = "auto") -> tuple[torch.nn.Module, Task]:
     """Load a full model, or a PEFT adapter merged into its base (merge_and_unload), in fp32 eval mode."""
     import torch
@@ -109,6 +125,8 @@ def load_model(model_dir: str | Path, task: str = "auto") -> tuple[torch.nn.Modu
         resolved = detect_task(config, task)
         cls = AutoModelForSequenceClassification if resolved == "sequence-classification" else AutoModelForCausalLM
         kwargs: dict[str, Any] = {"num_labels": 1} if resolved == "sequence-classification" else {}
+        if resolved == "sequence-classification":
+            kwargs = _adapter_head(path) or kwargs  # a classifier adapter: its label count, else a reward head
         base_model = cls.from_pretrained(base, dtype=torch.float32, **kwargs)
         model = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
     else:

@@ -298,3 +298,85 @@ def test_restart_safety(cluster: Any, namespace: str, claims: list[str], operato
         assert again is not None
         assert again["status"]["conditions"] == sft_status["conditions"]
         assert again["status"]["startTime"] == sft_status["startTime"]
+
+
+def _succeeded_dataset(cluster: Any, ns: str, name: str = "corpus") -> None:
+    """A Dataset whose Succeeded=True is already written (settled: the operator starts no Job for it)."""
+    apply(cluster, [{"apiVersion": "kubeforge.io/v1alpha1", "kind": "Dataset",
+                     "metadata": {"name": name, "namespace": ns},
+                     "spec": {"task": "instruction", "source": {"uris": ["s3://raw/corpus.jsonl"]}}}])
+    status = {"status": {"observedGeneration": 1, "artifactUri": f"s3://store/{name}", "conditions": [
+        {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "", "observedGeneration": 1,
+         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    cluster.kubectl("patch", "dataset", name, "-n", ns, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(status))
+
+
+def _training_job(ns: str, name: str, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": ns},
+            "spec": {"method": "sft", "model": model or {"uri": "hf://org/tiny"}, "dataset": {"name": "corpus"},
+                     "resources": {"cpu": "100m", "memory": "128Mi"}}}
+
+
+def test_more_objects_than_kopf_workers_before_start(cluster: Any, namespace: str, operator_factory: Any) -> None:
+    """80 TrainingJobs exist before the operator starts; each gets its Job (a kopf worker_limit of 64 with
+    indices on every kind froze a restarted operator: kopf's indexing deadlock)."""
+    n = 80
+    _succeeded_dataset(cluster, namespace)
+    apply(cluster, [_training_job(namespace, f"tj-{i:03d}") for i in range(n)])
+    want = {f"tj-{i:03d}-sft-g1" for i in range(n)}
+    with operator_factory(namespace) as runner:
+        wait_for(f"{n} Jobs", lambda: want <= {j["metadata"]["name"] for j in items(cluster, namespace, "jobs")},
+                 timeout=240, runner=runner)
+        wait_for("JobCreated on every TrainingJob", lambda: all(
+            cond(t, "JobCreated").get("status") == "True" for t in items(cluster, namespace, "trainingjobs")),
+            timeout=120, runner=runner)
+    assert {j["metadata"]["name"] for j in items(cluster, namespace, "jobs")} == want
+
+
+def test_no_finalizers_deletion_needs_no_operator(cluster: Any, namespace: str, operator_factory: Any) -> None:
+    """Objects the operator worked on carry no finalizer: with the operator stopped they (and so their
+    namespace) delete at once. Timers used to add one to unsettled objects and to every ModelDeployment."""
+    _succeeded_dataset(cluster, namespace)
+    md = {"apiVersion": "kubeforge.io/v1alpha1", "kind": "ModelDeployment",
+          "metadata": {"name": "chat", "namespace": namespace}, "spec": {"model": {"uri": "hf://org/tiny"}}}
+    with operator_factory(namespace) as runner:
+        apply(cluster, [_training_job(namespace, "sft"), md])
+        wait_for("both objects handled", lambda: all(
+            cond(get(cluster, namespace, kind, name), "JobCreated").get("status") == "True"
+            for kind, name in (("trainingjob", "sft"), ("modeldeployment", "chat"))), timeout=120, runner=runner)
+        time.sleep(3)  # several ModelDeployment resync passes
+        events = wait_for("an Event for the TrainingJob", lambda: [
+            e for e in items(cluster, namespace, "events")
+            if e["involvedObject"]["name"] == "sft" and e["reason"] == "JobCreated"], timeout=30, runner=runner)
+    assert events[0]["source"]["component"] == "kubeforge-operator"
+    assert events[0]["reportingComponent"] == "kubeforge-operator"
+    for kind in ("trainingjob", "modeldeployment", "dataset"):
+        for obj in items(cluster, namespace, kind):
+            assert not obj["metadata"].get("finalizers"), (kind, obj["metadata"]["finalizers"])
+    cluster.kubectl("delete", "trainingjobs,modeldeployments,datasets", "--all", "-n", namespace, "--timeout=30s")
+    assert not items(cluster, namespace, "trainingjobs") and not items(cluster, namespace, "modeldeployments")
+
+
+def test_dependency_cycle_reported(cluster: Any, namespace: str, operator_factory: Any) -> None:
+    """A -> B -> A and a Dataset made from itself: InvalidSpec naming the cycle, and a message that stays put."""
+    _succeeded_dataset(cluster, namespace)
+    loop = {"apiVersion": "kubeforge.io/v1alpha1", "kind": "Dataset",
+            "metadata": {"name": "loop", "namespace": namespace},
+            "spec": {"task": "instruction", "source": {"fromDataset": {"name": "loop"}}}}
+    a = _training_job(namespace, "a", {"ref": {"kind": "TrainingJob", "name": "b"}})
+    b = _training_job(namespace, "b", {"ref": {"kind": "TrainingJob", "name": "a"}})
+    with operator_factory(namespace) as runner:
+        apply(cluster, [loop, a, b])
+        ds = wait_for("Dataset loop InvalidSpec", lambda: (o := get(cluster, namespace, "dataset", "loop"))
+                      and cond(o, "DependenciesReady").get("reason") == "InvalidSpec" and o, timeout=60, runner=runner)
+        tj = wait_for("TrainingJob a InvalidSpec", lambda: (o := get(cluster, namespace, "trainingjob", "a"))
+                      and cond(o, "DependenciesReady").get("reason") == "InvalidSpec" and o, timeout=60, runner=runner)
+        time.sleep(3)
+        again = get(cluster, namespace, "trainingjob", "a")
+    assert cond(ds, "DependenciesReady")["message"] == "dependency cycle: Dataset/loop -> Dataset/loop"
+    assert cond(ds, "Succeeded")["status"] == "False"
+    cycle = "dependency cycle: TrainingJob/a -> TrainingJob/b -> TrainingJob/a"
+    assert cond(tj, "DependenciesReady")["message"] == cycle
+    assert again is not None and again["status"]["conditions"] == tj["status"]["conditions"]
+    assert items(cluster, namespace, "jobs") == []

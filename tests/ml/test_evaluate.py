@@ -179,12 +179,14 @@ def run_eval(
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert result.succeeded and result.details is not None
-    assert result.details["sampleCount"] == report["sampleCount"] == len(samples)
+    n_variants = len({s.get("variant") for s in samples})  # one sample per record and prompt variant
+    assert result.details["sampleCount"] == report["sampleCount"] == len(samples) // n_variants
     assert result.details["reportUri"].endswith("/report.json")
     assert result.metrics == report["metrics"]
     assert result.artifact is not None and result.artifact.digest
     status = EvaluationStatus.model_validate({**result.details, "metrics": result.metrics})
-    assert status.sample_count == len(samples) and status.failed_thresholds == report["failedThresholds"]
+    assert status.sample_count == len(samples) // n_variants
+    assert status.failed_thresholds == report["failedThresholds"]
     return result, report, samples
 
 
@@ -394,3 +396,269 @@ def test_missing_column_via_cli(make_stage_config: Callable[..., Any], tmp_path:
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["succeeded"] is False and result["reason"] == "MissingColumn"
     assert "'question'" in result["message"] and "['text']" in result["message"]
+
+
+# ------------------------------------------------------------------------- prompt variants (spec.prompts)
+
+
+def variants_of(result: Any) -> dict[str, dict[str, float]]:
+    """status.variants (a list, ordered as spec.prompts) as {variant: {metric: value}}."""
+    return {v["name"]: v["metrics"] for v in result.details["variants"]}
+
+
+def mc_subject_records() -> list[dict[str, Any]]:
+    """mc_records() with a subject and indices as answers (what a multiple-choice Dataset writes)."""
+    out = []
+    for r in mc_records():
+        gold = evaluate.answer_index(r["answer"], r["choices"], 0)
+        out.append({**r, "answer": gold, "subject": "colour_facts"})
+    return out
+
+
+def _manual_lls(model_dir: Path, context: str, continuations: list[str]) -> list[float]:
+    """Sum of log p(continuation | context), one unbatched forward pass per option; sequences longer than
+    the model's context + 1 lose their beginning (the harness's left truncation)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    limit = model.config.max_position_embeddings
+    n_ctx = len(tok(context)["input_ids"])
+    out = []
+    for cont in continuations:
+        ids = tok(context + cont, return_tensors="pt")["input_ids"]
+        n_cont = ids.shape[1] - n_ctx
+        ids = ids[:, -(limit + 1):]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids[:, :-1]).logits[0], -1)
+        n = ids.shape[1]
+        out.append(float(logp[torch.arange(n - 1 - n_cont, n - 1), ids[0, n - n_cont:]].sum()))
+    return out
+
+
+def test_multiple_choice_variants_table_thresholds_and_rendering(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    recs = mc_subject_records()
+    data = dataset(tmp_path / "data", recs)
+    spec = {
+        "taskType": "multiple-choice",
+        "metrics": ["accuracy", "acc_norm"],
+        "prompts": [
+            {"name": "cloze", "format": "cloze", "header": ""},
+            {"name": "lettered"},
+            {"name": "lettered-2shot", "format": "lettered", "fewShot": {"shots": 2, "split": "test"}},
+        ],
+        "thresholds": [
+            {"metric": "accuracy", "min": 0.9},
+            {"metric": "acc_norm", "min": 1.01, "variant": "lettered-2shot"},
+        ],
+    }
+    result, report, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    table = variants_of(result)
+    assert list(table) == ["cloze", "lettered", "lettered-2shot"]
+    assert report["variants"] == result.details["variants"] == [{"name": k, "metrics": v} for k, v in table.items()]
+    assert all(set(v) == {"accuracy", "acc_norm"} for v in table.values())
+    assert result.metrics == table["cloze"]  # status.metrics: the first variant
+    assert table["cloze"]["accuracy"] == 1.0  # the model memorised the cloze answers
+    assert result.details["failedThresholds"] == [
+        f"acc_norm[lettered-2shot] {table['lettered-2shot']['acc_norm']:.6g} (want >= 1.01)"
+    ]
+    assert [t["variant"] for t in report["thresholds"]] == ["cloze", "lettered-2shot"]
+    status = EvaluationStatus.model_validate({**result.details, "metrics": result.metrics})
+    assert status.variants is not None and [v.name for v in status.variants] == list(table)
+    assert len(samples) == 3 * len(recs) and [s["variant"] for s in samples[:: len(recs)]] == list(table)
+
+    # cloze (no header) scores exactly what the legacy prompt scores
+    legacy_dir = tmp_path / "legacy"
+    legacy_dir.mkdir()
+    legacy, _, legacy_samples = run_eval(make_stage_config, legacy_dir, trained_lm, data,
+                                         {"taskType": "multiple-choice", "metrics": ["accuracy"]})
+    assert legacy.metrics["accuracy"] == table["cloze"]["accuracy"]
+    assert [s["loglikelihoods"] for s in legacy_samples] == [s["loglikelihoods"] for s in samples[: len(recs)]]
+
+    # lettered 2-shot: the harness's MMLU string (subject header, the first two other records, letters)
+    r0, r1, r2 = recs[0], recs[1], recs[2]
+
+    def block(r: dict[str, Any]) -> str:
+        return r["question"] + "\n" + "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(r["choices"])) + "\nAnswer:"
+
+    expected = (
+        "The following are multiple choice questions (with answers) about colour facts.\n\n"
+        + block(r1) + " " + "ABCD"[r1["answer"]] + "\n\n"
+        + block(r2) + " " + "ABCD"[r2["answer"]] + "\n\n"
+        + block(r0)
+    )
+    two_shot = [s for s in samples if s["variant"] == "lettered-2shot"]
+    assert two_shot[0]["input"] == expected[-500:]
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(trained_lm)(expected)["input_ids"]) > 128  # left-truncated
+    lls = _manual_lls(trained_lm, expected, [" A", " B", " C", " D"])
+    assert two_shot[0]["loglikelihoods"] == pytest.approx(lls, abs=1e-5)
+    lettered = [s for s in samples if s["variant"] == "lettered"]
+    assert all(s["prediction"] == s["predictionNorm"] for s in lettered)  # one-letter options: acc == acc_norm
+    assert table["lettered"]["accuracy"] == table["lettered"]["acc_norm"]
+
+
+def test_numeric_answer_variants_strict_flexible_and_cot(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Harness GSM8K extraction on real outputs, then CoT extraction and the two-stage trigger on canned ones."""
+    recs = numeric_records()
+    data = dataset(tmp_path / "data", recs)
+    spec = {
+        "taskType": "numeric-answer",
+        "metrics": ["accuracy", "exact_match", "exact_match_strict", "exact_match_flexible"],
+        "prompts": [{"name": "zero-shot"}],
+        "generation": {"maxNewTokens": 6},
+    }
+    result, _, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    # the model answers " 4" (no `#### 4`): strict-match finds nothing, flexible-extract the number
+    assert result.metrics["accuracy"] >= 0.8
+    assert result.metrics["exact_match_strict"] == 0.0 and {s["strict"] for s in samples} == {"[invalid]"}
+    assert result.metrics["exact_match_flexible"] == pytest.approx(
+        sum(s["flexible"] == s["reference"] for s in samples) / len(samples)
+    )
+    assert result.metrics["exact_match_flexible"] == result.metrics["accuracy"]
+
+    canned = {
+        "Let's think step by step.": "A cat has four legs, so 4 legs. The answer is 4. Then 9",
+        "Therefore": " 4 legs.",
+    }
+    calls: list[list[str]] = []
+
+    def fake_generate(ctx: Any, model: Any, tok: Any, prompts: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        calls.append(prompts)
+        key = "Therefore" if prompts[0].endswith("Therefore, the answer (arabic numerals) is") else \
+            "Let's think step by step."
+        return [canned[key] for _ in prompts]
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    out = tmp_path / "cot"
+    out.mkdir()
+    spec = {
+        "taskType": "numeric-answer",
+        "metrics": ["accuracy", "exact_match_strict", "exact_match_flexible"],
+        "prompts": [
+            {"name": "zs-cot", "user": "Q: {question}\nA:", "chainOfThought": {}},
+            {"name": "two-stage", "user": "Q: {question}\nA:",
+             "chainOfThought": {"answerTrigger": "Therefore, the answer (arabic numerals) is"}},
+        ],
+    }
+    result, _, samples = run_eval(make_stage_config, out, trained_lm, data, spec)
+    assert calls[0][0] == "Q: How many legs does a ant have?\nA: Let's think step by step."
+    table = variants_of(result)
+    cat = [s for s in samples if s["variant"] == "zs-cot" and s["reference"] == "4"]
+    # strict is gsm8k_cot's `The answer is (\-?[0-9\.\,]+).` verbatim: it captures "4." (the dot is
+    # ignored when compared); flexible-extract takes the last number
+    assert cat and all(s["strict"] == "4." and s["flexible"] == "9" for s in cat)
+    n4 = sum(r["answer"].endswith("#### 4") for r in recs) / len(recs)
+    assert table["zs-cot"] == {"accuracy": n4, "exact_match_strict": n4, "exact_match_flexible": 0.0}
+    # two-stage: the second prompt is the reasoning plus the trigger; the answer comes from its output
+    trigger = " Therefore, the answer (arabic numerals) is"
+    assert calls[2][0] == calls[1][0] + canned["Let's think step by step."] + trigger
+    assert table["two-stage"] == {"accuracy": n4, "exact_match_strict": n4, "exact_match_flexible": n4}
+
+
+def test_perplexity_sliding_window_scores_every_token_once(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    long_text = " ".join(r["prompt"] + r["completion"] for r in generation_records())
+    texts = [long_text, "the cat sat on the mat."]
+    data = dataset(tmp_path / "data", [{"text": t} for t in texts])
+    window, stride = 16, 6
+    spec = {"taskType": "language-modeling", "metrics": ["perplexity"],
+            "metricOptions": {"perplexity": {"maxLength": window, "stride": stride}}}
+    result, report, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    model = AutoModelForCausalLM.from_pretrained(trained_lm).eval()
+    tok = AutoTokenizer.from_pretrained(trained_lm)
+    total, count, per_text = 0.0, 0, []
+    for t in texts:  # independent: HF's labels=-100 recipe; each window predicts `stride` new tokens
+        ids = tok(t, return_tensors="pt")["input_ids"]
+        n = ids.shape[1]
+        nll, scored, prev_end = 0.0, 0, 1
+        while prev_end < n:
+            end = min(n, window if prev_end == 1 else prev_end + stride)
+            begin = max(0, end - window)
+            trg = end - prev_end
+            chunk = ids[:, begin:end]
+            labels = chunk.clone()
+            labels[:, : chunk.shape[1] - trg] = -100
+            with torch.no_grad():
+                loss = float(model(input_ids=chunk, labels=labels).loss)
+            nll += loss * trg
+            scored += trg
+            prev_end = end
+        assert scored == n - 1
+        total += nll
+        count += scored
+        per_text.append(math.exp(nll / scored))
+    assert len(tok(long_text)["input_ids"]) > 3 * window
+    assert report["tokens"] == count and report["windows"] > len(texts)
+    assert result.metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert [s["score"] for s in samples] == pytest.approx(per_text, rel=1e-5)
+    # the short text fits one window: the same number as without the options
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    _, _, plain = run_eval(make_stage_config, plain_dir, trained_lm, data,
+                           {"taskType": "language-modeling", "metrics": ["perplexity"]})
+    assert plain[1]["score"] == pytest.approx(samples[1]["score"], rel=1e-6)
+
+
+def test_generation_variants_on_question_answer_records_and_chat(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    recs = [{"question": f"What color is the {t}?", "answer": c} for t, c in sorted(COLORS.items())]
+    data = dataset(tmp_path / "data", recs)
+    spec = {
+        "taskType": "generation",
+        "metrics": ["exact_match", "rougeL", "bleu"],
+        "generation": {"maxNewTokens": 4},
+        "metricOptions": {"exactMatch": {"ignoreCase": True, "ignorePunctuation": True},
+                          "bleu": {"effectiveOrder": True}},
+        "prompts": [
+            {"name": "qa"},
+            {"name": "chat", "system": "Answer with one word.", "chat": True},
+        ],
+    }
+    result, _, samples = run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    qa = [s for s in samples if s["variant"] == "qa"]
+    assert qa[0]["input"] == "Question: What color is the blood?\nAnswer:"
+    assert [s["prediction"].rstrip(".") for s in qa] == [r["answer"] for r in recs]
+    assert variants_of(result)["qa"]["exact_match"] == 1.0  # "blue." == "blue" ignoring punctuation
+    assert variants_of(result)["qa"]["bleu"] > 0  # one-word answers: effective order keeps BLEU defined
+    chat = [s for s in samples if s["variant"] == "chat"]
+    assert chat[0]["input"].startswith(
+        "<|system|>\nAnswer with one word.\n<|user|>\nQuestion: What color is the blood?"
+    )
+    assert chat[0]["input"].endswith("<|assistant|>\n")
+
+
+def test_variant_errors_before_the_model_loads(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    data = dataset(tmp_path / "data", mc_subject_records())
+    spec = {"taskType": "multiple-choice", "metrics": ["accuracy"],
+            "prompts": [{"name": "five", "fewShot": {"shots": 5, "split": "train"}}]}
+    with pytest.raises(StageError, match=r"draws exemplars from split 'train', which is empty"):
+        run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    spec["prompts"] = [{"name": "many", "fewShot": {"shots": 6, "split": "test"}}]
+    with pytest.raises(StageError, match=r"asks for 6 exemplars but split 'test' has 5 of subject 'colour_facts'"):
+        run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+    spec["prompts"] = [{"name": "odd", "user": "{prompt} {question}"}]
+    with pytest.raises(StageError, match=r"user template names \['prompt'\]"):
+        run_eval(make_stage_config, tmp_path, trained_lm, data, spec)
+
+
+def test_perplexity_of_single_token_texts_is_a_clear_error(
+    make_stage_config: Callable[..., Any], tmp_path: Path, trained_lm: Path
+) -> None:
+    data = dataset(tmp_path / "data", [{"text": "a"}, {"text": "b"}])
+    with pytest.raises(StageError, match="no text with at least two tokens"):
+        run_eval(make_stage_config, tmp_path, trained_lm, data, {"taskType": "language-modeling",
+                                                                  "metrics": ["perplexity"]})

@@ -226,3 +226,36 @@ def test_empty_training_split_is_a_stage_error(
     spec = {"method": "sft", "model": {"uri": str(tiny_llama_dir)}, "dataset": {"name": "d"}, "precision": "fp32"}
     with pytest.raises(StageError, match=r"split 'train' of Dataset .* is empty"):
         _run(make_stage_config("TrainingJob", spec, tmp_path / "out", {"dataset": data}))
+
+
+def test_chat_sft_trains_on_assistant_turns_only(
+    tmp_path: Path,
+    tiny_llama_dir: Path,
+    tiny_dataset_dir: Callable[[str], Path],
+    make_stage_config: Any,
+    fast_hparams: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kubeforge_trainer.train import assistant_only_loss
+
+    tok = modelio.load_tokenizer(str(tiny_llama_dir))  # Kubeforge's default template: {% generation %} markers
+    assert assistant_only_loss(tok)
+    msgs = [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "The sky is blue."}]
+    enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
+    assert tok.decode(trained) == "The sky is blue.<|eos|>"  # the user turn carries no loss
+
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    assert not assistant_only_loss(tok)  # unmarked and unknown to TRL: whole conversations, with a warning
+    assert "training on whole conversations" in capsys.readouterr().err
+
+    spec = {
+        "method": "sft",
+        "model": {"uri": str(tiny_llama_dir)},
+        "dataset": {"name": "chat"},
+        "precision": "fp32",
+        "hyperparameters": fast_hparams(maxSteps=2),
+    }
+    result = _run(make_stage_config("TrainingJob", spec, tmp_path / "out", {"dataset": tiny_dataset_dir("chat")}))
+    assert result.succeeded, result.message
+    assert result.metrics["assistant_only_loss"] == 1.0 and torch.isfinite(torch.tensor(result.metrics["train_loss"]))

@@ -101,3 +101,48 @@ def test_sigkill_then_restart_resumes_from_checkpoint(
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4), f"{k} differs after resume"
+
+
+def test_partial_newest_checkpoint_falls_back_to_the_previous_complete_one(
+    tmp_path: Path,
+    tiny_llama_dir: Path,
+    tiny_dataset_dir: Callable[[str], Path],
+    make_stage_config: Any,
+    fast_hparams: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kubeforge_trainer import train
+    from kubeforge_trainer.runtime import ProgressReporter
+    from kubeforge_trainer.stagecommon import resume_point
+
+    data = {"dataset": tiny_dataset_dir("instruction")}
+    spec = _spec(tiny_llama_dir, fast_hparams)
+    spec["hyperparameters"] |= {"maxSteps": 4, "loggingSteps": 1}
+    spec["checkpointing"] = {"intervalSteps": 2, "keep": 3, "resume": True}
+    out = tmp_path / "out"
+    config = make_stage_config("TrainingJob", spec, out, data)
+    first = train.run(config, ProgressReporter(config))
+    assert first.succeeded, first.message
+    ckpts = out / "checkpoints"
+    assert (ckpts / "checkpoint-4" / "trainer_state.json").is_file()
+
+    # killed while writing checkpoint-4: everything but trainer_state.json (the Trainer writes it last)
+    (ckpts / "checkpoint-4" / "trainer_state.json").unlink()
+    (ckpts / "checkpoint-6").mkdir()  # and an empty directory from a save that never started
+    assert resume_point(ckpts, True) == str(ckpts / "checkpoint-2")
+    assert "skipping partial checkpoint-6, checkpoint-4" in capsys.readouterr().err
+    assert resume_point(ckpts, False) is None
+    empty = tmp_path / "none"
+    (empty / "checkpoint-3").mkdir(parents=True)
+    assert resume_point(empty, True) is None
+
+    # the restart resumes from step 2 and trains on to the (raised) max steps
+    spec["hyperparameters"]["maxSteps"] = 6
+    config = make_stage_config("TrainingJob", spec, out, data)
+    result = train.run(config, ProgressReporter(config))
+    assert result.succeeded, result.message
+    assert "resuming from checkpoint" in capsys.readouterr().err
+    assert result.metrics["global_step"] == 6
+    state = json.loads((ckpts / "checkpoint-6" / "trainer_state.json").read_text())
+    logged = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert logged[:2] == [1, 2] and logged[-1] == 6, logged  # steps 1-2 from the first run, then 3-6

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from kubeforge import crdgen
 from kubeforge.api.v1alpha1 import KINDS
+from kubeforge.api.v1alpha1.common import MSG_NAME_LENGTH
 from kubeforge.manifests import ManifestError, iter_documents, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,11 +73,24 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("TrainingJob", {"model": {"architecture": {"hiddenSize": 65, "numHeads": 4}}}, "divisible"),
     ("TrainingJob", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
     ("TrainingJob", {"dataset": {"name": "Bad_Name"}}, "spec.dataset.name"),
+    # Kubernetes quantities without a sign; label values where the operator writes a label or node selector.
+    ("TrainingJob", {"resources": {"memory": "-4Gi"}}, "spec.resources.memory"),
+    ("TrainingJob", {"resources": {"cpu": "1.2.3"}}, "spec.resources.cpu"),
+    ("TrainingJob", {"resources": {"cpu": "2 cores"}}, "spec.resources.cpu"),
+    ("TrainingJob", {"resources": {"gpuType": "NVIDIA H100 80GB"}}, "spec.resources.gpuType"),
+    ("TrainingJob", {"resources": {"queueName": "team/a"}}, "spec.resources.queueName"),
+    ("TrainingJob", {"resources": {"queueName": "q" * 64}}, "spec.resources.queueName"),
+    ("TrainingJob", {"resources": {"nodeSelector": {"pool": "a b"}}}, "spec.resources.nodeSelector.pool"),
+    # Free strings are bounded.
+    ("TrainingJob", {"model": {"uri": "org/" + "m" * 4096}}, "spec.model.uri"),
+    ("TrainingJob", {"output": {"uri": "s3://bucket/" + "k" * 4096}}, "spec.output.uri"),
+    ("TrainingJob", {"tokenizer": {"uri": "t" * 4097}}, "spec.tokenizer.uri"),
     ("RewardModel", {"model": {"architecture": {}}}, "pretrained base"),
     ("RLHFJob", {"algorithm": "ppo"}, "spec.algorithm"),
     ("RLHFJob", {"reward": None}, "need reward.model"),
     ("RLHFJob", {"algorithm": "dpo"}, "remove reward"),
     ("RLHFJob", {"generation": {"numGenerations": 1}}, "spec.generation.numGenerations"),
+    ("RLHFJob", {"reward": {"uri": "s3://rm/" + "r" * 4096}}, "spec.reward.uri"),
     ("Evaluation", {"metrics": ["mse"]}, "metrics must suit taskType"),
     ("Evaluation", {"metrics": []}, "spec.metrics"),
     ("Evaluation", {"thresholds": [{"metric": "bleu", "min": 1}]}, "must also be listed in metrics"),
@@ -90,6 +104,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("ModelDeployment", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must be <= maxReplicas"),
     ("ModelDeployment", {"export": {"opset": 9}}, "spec.export.opset"),
+    ("ModelDeployment", {"triton": {"image": "i" * 4097}}, "spec.triton.image"),
     ("ModelDeployment", {"rollout": {"strategy": "canary", "canaryWeight": 100}}, "spec.rollout.canaryWeight"),
 ]
 
@@ -103,6 +118,21 @@ def test_invalid_specs_name_the_field(kind: str, updates: dict[str, Any], expect
     text = str(err.value)
     assert expected in text, text
     assert text.startswith("test.yaml#0")
+
+
+@pytest.mark.parametrize("value", ["1", "250m", "0.5", ".5", "4Gi", "512Mi", "1e3", "2.5k", "100u"])
+def test_resource_quantities_accepted(value: str) -> None:
+    parse(body("TrainingJob", resources={"cpu": value, "memory": value}))
+
+
+@pytest.mark.parametrize("kind", sorted(MINIMAL))
+def test_object_names_at_most_63_characters(kind: str) -> None:
+    """Names become Job names and the kubeforge.io/owner label value: CEL at the CRD root, pydantic twin."""
+    parse({**body(kind), "metadata": {"name": "n" * 63}})
+    with pytest.raises(ManifestError, match=r"metadata: metadata\.name must be at most 63 characters"):
+        parse({**body(kind), "metadata": {"name": "n" * 64}})
+    rules = crdgen.crd(KINDS[kind])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    assert {"rule": "size(self.metadata.name) <= 63", "message": MSG_NAME_LENGTH} in rules
 
 
 def test_wrong_kind_and_api_version() -> None:

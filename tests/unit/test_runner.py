@@ -114,11 +114,14 @@ def pipeline_docs(eval_labels: dict[str, str] | None = None, train_labels: dict[
          "spec": {"algorithm": "grpo", "policy": {"ref": {"kind": "TrainingJob", "name": "base"}},
                   "reward": {"model": {"name": "rm"}}, "dataset": {"name": "prefs"}}},
         {"apiVersion": api, "kind": "Evaluation", "metadata": meta("ev", **(eval_labels or {})),
-         "spec": {"model": {"ref": {"kind": "RLHFJob", "name": "rl"}}, "dataset": {"name": "text", "split": "test"},
+         "spec": {"model": {"ref": {"kind": "RLHFJob", "name": "rl"}}, "dataset": {"name": "qa", "split": "test"},
                   "taskType": "generation", "metrics": ["rougeL"], "thresholds": [{"metric": "rougeL", "min": 0.3}]}},
         {"apiVersion": api, "kind": "ModelDeployment", "metadata": meta("serve"),
          "spec": {"model": {"ref": {"kind": "RLHFJob", "name": "rl"}}, "gate": {"evaluations": ["ev"]},
                   "quantization": {"mode": "int8-dynamic"}}},
+        # Last, so the indices above stay put: generation needs prompt/response records.
+        {"apiVersion": api, "kind": "Dataset", "metadata": meta("qa"),
+         "spec": {"task": "instruction", "source": {"uris": ["data/qa.jsonl"]}}},
     ]
 
 
@@ -127,6 +130,7 @@ def write_manifests(dir_: Path, docs: list[dict[str, Any]], name: str = "pipelin
     data = dir_ / "data"
     data.mkdir(exist_ok=True)
     (data / "text.jsonl").write_text('{"text": "hello"}\n')
+    (data / "qa.jsonl").write_text('{"instruction": "a", "response": "b"}\n')
     (data / "prefs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
     path = dir_ / name
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -216,8 +220,7 @@ def test_same_name_different_kind_is_fine(tmp_path: Path) -> None:
     docs = pipeline_docs()
     docs[0]["metadata"]["name"] = "base"
     docs[2]["spec"]["dataset"]["name"] = "base"
-    docs[5]["spec"]["dataset"]["name"] = "base"
-    assert len(load_pipeline([write_manifests(tmp_path, docs)]).order) == 7
+    assert len(load_pipeline([write_manifests(tmp_path, docs)]).order) == 8
 
 
 def test_invalid_spec_names_field(tmp_path: Path) -> None:
@@ -300,7 +303,7 @@ def test_run_then_skip_everything(tmp_path: Path, fake_stage: Path) -> None:
     assert runner.run() == 0, out.getvalue()
     store = StateStore(workdir)
     states = {f"{s.kind}/{s.name}": s for s in store.all()}
-    assert len(states) == 7
+    assert len(states) == 8
     tj = states["TrainingJob/base"]
     assert tj.is_true("Succeeded") and tj.is_true("DependenciesReady")
     assert tj.status["artifact"]["digest"].startswith("sha256:")
@@ -443,7 +446,7 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path: Path, fake_stage: Pat
         assert time.monotonic() < deadline, "stage process outlived the runner"
         time.sleep(0.1)
     done_before = {s.key: s.events_with("Succeeded")[-1].time for s in store.all() if s.events_with("Succeeded")}
-    assert len(done_before) == 2  # the Datasets
+    assert len(done_before) == 3  # the Datasets
     base = store.find("TrainingJob/base").condition("Succeeded")
     if sig == signal.SIGINT:
         assert base is not None and base.reason == "Interrupted"

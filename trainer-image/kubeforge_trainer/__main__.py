@@ -16,6 +16,8 @@ STAGES = {
     "prepare": "kubeforge_trainer.prepare",
     "pretrain": "kubeforge_trainer.train",
     "sft": "kubeforge_trainer.train",
+    "classification": "kubeforge_trainer.classify",
+    "regression": "kubeforge_trainer.classify",
     "reward": "kubeforge_trainer.reward",
     "rlhf": "kubeforge_trainer.rlhf",
     "evaluate": "kubeforge_trainer.evaluate",

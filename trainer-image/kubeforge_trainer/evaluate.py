@@ -3,15 +3,23 @@
 The stage succeeds whenever the evaluation ran; whether the model is good enough is `passed` (and
 `failedThresholds`) in the result details, which the operator turns into the `Passed` condition
 that promotion gates read. Outputs: `report.json` (metrics, thresholds, config), `samples.jsonl`
-(one line per sample) and, when matplotlib is installed, `plot.png`.
+(one line per sample and prompt variant) and, when matplotlib is installed, `plot.png`.
 
 Task types and the records they read:
 - classification: `text`, `label` (name or id; mapped through the model's label2id) → argmax.
 - regression: `text`, `value` → the single regression logit.
-- generation: `prompt`, `completion` (or chat `messages`, last assistant turn as reference).
-- language-modeling: `text` (or prompt+completion) → perplexity = exp(mean token NLL).
-- multiple-choice: `question`, `choices`, `answer` (index or letter) → summed option log-likelihood.
-- numeric-answer: `question`, `answer` (`... #### 42`) → generate, compare the last number.
+- generation: `prompt`, `completion`, chat `messages` (last assistant turn as reference), or
+  `question`, `answer`.
+- language-modeling: `text` (or prompt+completion) → perplexity = exp(mean token NLL), texts longer
+  than the context scored with a sliding window.
+- multiple-choice: `question`, `choices`, `answer` (index or letter), optional `subject` → option
+  log-likelihoods (lettered or cloze, `acc` and `acc_norm`) or, with chain of thought, the letter
+  extracted from generated reasoning.
+- numeric-answer: `question`, `answer` (`... #### 42`) → generate, compare the last number, plus the
+  lm-evaluation-harness GSM8K strict-match and flexible-extract exact match.
+
+`spec.prompts` lists prompt variants (template, few-shot, chain of thought; see prompts.py); each is
+scored on the same records, the first one's metrics are `metrics`, all of them `variants`.
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +35,21 @@ from typing import Any, cast
 from kubeforge.api.v1alpha1.evaluation import EvalTask, Evaluation, EvaluationSpec, Threshold
 from kubeforge.stage import StageConfig, StageResult
 
-from . import dataio, metrics
+from . import dataio, metrics, prompts
+from .prompts import Prompt, answer_index
 from .runtime import ProgressReporter, StageError, artifact_for, digest_path, lineage_of, write_lineage
+
+__all__ = ["answer_index"]
 
 Record = dict[str, Any]
 BATCH_SIZE = 16
 MAX_INPUT_TOKENS = 2048
-# Prompt formats for MMLU- and GSM8K-style records (zero-shot, the common lm-eval-harness shape).
-MC_PROMPT = "Question: {question}\nAnswer:"
-NUMERIC_PROMPT = "Question: {question}\nAnswer:"
-NUMERIC_STOPS = ("\nQuestion:", "Question:", "\n\n")
+# Prompt formats of the legacy (no `spec.prompts`) MMLU- and GSM8K-style evaluation.
+MC_PROMPT = prompts.LEGACY_QUESTION
+NUMERIC_PROMPT = prompts.LEGACY_QUESTION
+NUMERIC_STOPS = prompts.LEGACY_NUMERIC_STOPS
+# Strict pattern of a two-stage chain of thought (the answer generated after `answerTrigger`): first number.
+FIRST_NUMBER = r"(\-?[0-9\.\,]*[0-9]+)"
 # Columns checked before any model is loaded (generation/language-modeling accept several shapes).
 REQUIRED_COLUMNS: dict[EvalTask, tuple[str, ...]] = {
     EvalTask.CLASSIFICATION: ("text", "label"),
@@ -68,6 +80,9 @@ class Context:
     reporter: ProgressReporter
     device: str
     wanted: list[str]
+    pools: dict[str, list[Record]] = field(default_factory=dict)  # few-shot splits by name
+    eval_split: str = "test"
+    cache: dict[str, Any] = field(default_factory=dict)  # loaded model and tokenizer, shared by variants
 
     def progress(self, done: int, total: int) -> None:
         """Report batches done as steps."""
@@ -86,7 +101,11 @@ def _device() -> str:
 def _tokenizer(ctx: Context, padding_side: str) -> Any:
     from .modelio import load_tokenizer
 
-    tok = load_tokenizer(ctx.tokenizer_location, trust_remote_code=ctx.spec.model.trust_remote_code)
+    if "tokenizer" not in ctx.cache:
+        ctx.cache["tokenizer"] = load_tokenizer(
+            ctx.tokenizer_location, trust_remote_code=ctx.spec.model.trust_remote_code
+        )
+    tok = ctx.cache["tokenizer"]
     tok.padding_side = padding_side
     return tok
 
@@ -94,25 +113,20 @@ def _tokenizer(ctx: Context, padding_side: str) -> Any:
 def _causal_lm(ctx: Context) -> Any:
     from .modelio import load_causal_lm
 
-    model = load_causal_lm(ctx.model_location, merge=True, trust_remote_code=ctx.spec.model.trust_remote_code)
-    return model.to(ctx.device).eval()
+    if "causal_lm" not in ctx.cache:
+        model = load_causal_lm(ctx.model_location, merge=True, trust_remote_code=ctx.spec.model.trust_remote_code)
+        ctx.cache["causal_lm"] = model.to(ctx.device).eval()
+    return ctx.cache["causal_lm"]
 
 
 def _classifier(ctx: Context) -> Any:
-    """A sequence-classification model (a PEFT adapter is merged into its base)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from .modelio import ADAPTER_CONFIG
+    """A sequence-classification model (a PEFT adapter, with the head its manifest names, is merged into its base)."""
+    from .modelio import load_sequence_classifier
 
     loc = ctx.model_location
     trust = ctx.spec.model.trust_remote_code
     try:
-        if (Path(loc) / ADAPTER_CONFIG).is_file() and not (Path(loc) / "config.json").is_file():
-            from peft import AutoPeftModelForSequenceClassification
-
-            model: Any = AutoPeftModelForSequenceClassification.from_pretrained(loc).merge_and_unload()
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(loc, trust_remote_code=trust)
+        model: Any = load_sequence_classifier(loc, merge=True, trust_remote_code=trust)
     except (OSError, ValueError) as exc:
         raise StageError(
             f"cannot load a sequence-classification model from {loc}: {str(exc).splitlines()[0]}; "
@@ -129,7 +143,8 @@ def _max_len(tok: Any, model: Any, reserve: int = 0) -> int:
     return max(8, min(limits) - reserve)
 
 
-def _batches(n: int, size: int = BATCH_SIZE) -> list[range]:
+def _batches(n: int, size: int | None = None) -> list[range]:
+    size = size or BATCH_SIZE
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -245,16 +260,79 @@ def eval_regression(ctx: Context) -> Outcome:
     )
 
 
+# ---------------------------------------------------------------------------------------- encoding
+
+
+def encode(tok: Any, text: str) -> list[int]:
+    """Token ids as lm-evaluation-harness encodes them: the tokenizer's default special tokens, none when
+    the text already starts with the BOS token (a rendered chat template)."""
+    bos = getattr(tok, "bos_token", None)
+    if bos and text.startswith(bos):
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+    return list(tok(text)["input_ids"])
+
+
+def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) split as the harness does: trailing spaces of the context move to
+    the continuation, the whole string is encoded once and cut after the context's tokens."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(tok, context + continuation)
+    ctx_ids = encode(tok, context)
+    return ctx_ids, whole[len(ctx_ids):]
+
+
+def _as_text(tok: Any, rendered: prompts.Rendered) -> str:
+    """A rendered prompt as the string fed to the tokenizer (chat messages through its chat template)."""
+    if rendered.messages is None:
+        return rendered.text
+    from .modelio import ensure_chat_template
+
+    ensure_chat_template(tok)
+    return str(tok.apply_chat_template(rendered.messages, add_generation_prompt=True, tokenize=False))
+
+
 # ---------------------------------------------------------------------------------------- generation
 
 
-def generate(ctx: Context, model: Any, tok: Any, prompts: list[str], add_special_tokens: bool = True) -> list[str]:
-    """Batched decoding with spec.generation (greedy when temperature is 0); new text only."""
+class _StopOnStrings:
+    """Stop a row once its new text contains a stop string (the harness's stop-sequence criterion)."""
+
+    def __init__(self, tok: Any, stops: Sequence[str], prompt_len: int) -> None:
+        self.tok = tok
+        self.stops = [s for s in stops if s]
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tok.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=False)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
+def generate(
+    ctx: Context,
+    model: Any,
+    tok: Any,
+    prompts_: list[str],
+    add_special_tokens: bool = True,
+    max_new_tokens: int | None = None,
+    stops: Sequence[str] = (),
+) -> list[str]:
+    """Batched decoding with spec.generation (greedy when temperature is 0); new text only, cut at `stops`.
+
+    Prompts longer than the context minus the new tokens lose their beginning (left truncation, as
+    the harness does), never their question.
+    """
     import torch
+    from transformers import StoppingCriteriaList
 
     g = ctx.spec.generation
+    new_tokens = max_new_tokens or g.max_new_tokens or prompts.DEFAULT_MAX_NEW_TOKENS
     kwargs: dict[str, Any] = {
-        "max_new_tokens": g.max_new_tokens,
+        "max_new_tokens": new_tokens,
         "pad_token_id": tok.pad_token_id,
         "eos_token_id": tok.eos_token_id,
     }
@@ -262,67 +340,93 @@ def generate(ctx: Context, model: Any, tok: Any, prompts: list[str], add_special
         kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    max_len = _max_len(tok, model, reserve=g.max_new_tokens)
+    max_len = _max_len(tok, model, reserve=new_tokens)
     torch.manual_seed(0)
     out: list[str] = []
-    batches = _batches(len(prompts))
-    for b, idx in enumerate(batches):
-        enc = tok(
-            [prompts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_len,
-            return_tensors="pt",
-            add_special_tokens=add_special_tokens,
-        )
-        enc = {k: v.to(ctx.device) for k, v in enc.items()}
-        with torch.no_grad():
-            gen = model.generate(**enc, **kwargs)
-        new = gen[:, enc["input_ids"].shape[1] :]
-        out.extend(tok.batch_decode(new, skip_special_tokens=True))
-        ctx.progress(b + 1, len(batches))
+    batches = _batches(len(prompts_))
+    old_side = getattr(tok, "truncation_side", "right")
+    tok.truncation_side = "left"
+    try:
+        for b, idx in enumerate(batches):
+            enc = tok(
+                [prompts_[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+                add_special_tokens=add_special_tokens,
+            )
+            enc = {k: v.to(ctx.device) for k, v in enc.items()}
+            width = enc["input_ids"].shape[1]
+            criteria = StoppingCriteriaList([_StopOnStrings(tok, stops, width)]) if stops else None
+            with torch.no_grad():
+                gen = model.generate(**enc, **kwargs, stopping_criteria=criteria)
+            out.extend(_cut(t, stops) for t in tok.batch_decode(gen[:, width:], skip_special_tokens=True))
+            ctx.progress(b + 1, len(batches))
+    finally:
+        tok.truncation_side = old_side
     return out
 
 
-def _generation_pairs(ctx: Context, tok: Any) -> tuple[list[str], list[str], bool]:
-    """(prompts, references, add_special_tokens) from prompt/completion or chat records."""
+def _special_tokens_for(tok: Any, texts: Sequence[str]) -> bool:
+    """Whether the tokenizer should add its special tokens (not when the texts already start with BOS)."""
+    bos = getattr(tok, "bos_token", None)
+    return not (bos and texts and all(t.startswith(bos) for t in texts))
+
+
+def _generation_pairs(ctx: Context, tok: Any, prompt: Prompt) -> tuple[list[str], list[str], bool]:
+    """(prompts, references, add_special_tokens) from prompt/completion, question/answer or chat records."""
     keys = {k for r in ctx.records for k in r}
-    if {"prompt", "completion"} <= keys:
-        return [str(r["prompt"]) for r in ctx.records], [str(r["completion"]) for r in ctx.records], True
     if "messages" in keys:
         from .modelio import ensure_chat_template
 
         ensure_chat_template(tok)
-        prompts, refs = [], []
+        texts, refs = [], []
         for i, r in enumerate(ctx.records):
             msgs = list(r["messages"])
             if not msgs or msgs[-1]["role"] != "assistant":
                 raise StageError(f"record {i}: the last chat message must be the assistant's reference answer")
-            prompts.append(tok.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False))
+            history = msgs[:-1]
+            if prompt.system and not any(m["role"] == "system" for m in history):
+                history = [{"role": "system", "content": prompt.system}, *history]
+            texts.append(tok.apply_chat_template(history, add_generation_prompt=True, tokenize=False))
             refs.append(str(msgs[-1]["content"]))
-        return prompts, refs, False
+        return texts, refs, False
+    if {"prompt", "completion"} <= keys or {"question", "answer"} <= keys:
+        if prompt.legacy and {"prompt", "completion"} <= keys:
+            return [str(r["prompt"]) for r in ctx.records], [str(r["completion"]) for r in ctx.records], True
+        exemplars = _exemplars(ctx, prompt)
+        texts = [_as_text(tok, prompts.render(prompt, r, ex)) for r, ex in zip(ctx.records, exemplars, strict=True)]
+        refs = [prompts.target_text(prompt, r, i) for i, r in enumerate(ctx.records)]
+        return texts, refs, _special_tokens_for(tok, texts)
     _need(ctx.records, ["prompt", "completion"], "generation")
     raise AssertionError("unreachable")
 
 
-def eval_generation(ctx: Context) -> Outcome:
+def eval_generation(ctx: Context, prompt: Prompt) -> Outcome:
     """Decode each prompt and compare with its reference (BLEU, NIST, ROUGE, exact match)."""
     model = _causal_lm(ctx)
     tok = _tokenizer(ctx, "left")
-    prompts, refs, special = _generation_pairs(ctx, tok)
-    preds = [p.strip() for p in generate(ctx, model, tok, prompts, special)]
+    texts, refs, special = _generation_pairs(ctx, tok, prompt)
+    outputs = generate(ctx, model, tok, texts, special, prompt.max_new_tokens, prompt.stops)
+    preds = [p.strip() for p in outputs]
     refs = [r.strip() for r in refs]
-    m = metrics.generation(preds, refs, ctx.wanted)
-    scores = [metrics.rouge_per_sample(pred, ref)["rougeL"] for pred, ref in zip(preds, refs, strict=True)]
+    opts = ctx.spec.metric_options
+    m = metrics.generation(preds, refs, ctx.wanted, opts)
+    em = metrics.exact_match_options(opts)
+    scores = [
+        metrics.rouge_per_sample(pred, ref, opts.rouge.tokenizer, opts.rouge.use_stemmer)["rougeL"]
+        for pred, ref in zip(preds, refs, strict=True)
+    ]
     samples: list[Record] = [
         {
             "input": p[-500:],
             "reference": ref,
             "prediction": pred,
             "score": score,
-            "exactMatch": metrics.normalize_answer(pred) == metrics.normalize_answer(ref),
+            "exactMatch": metrics.normalize_answer(pred, **em) == metrics.normalize_answer(ref, **em),
         }
-        for p, pred, ref, score in zip(prompts, preds, refs, scores, strict=True)
+        for p, pred, ref, score in zip(texts, preds, refs, scores, strict=True)
     ]
     return Outcome(metrics=m, samples=samples, plot=lambda path: _plot_hist(path, scores, "ROUGE-L F1"))
 
@@ -333,7 +437,12 @@ def eval_generation(ctx: Context) -> Outcome:
 def sequence_logprobs(
     ctx: Context, model: Any, seqs: list[list[int]], score_from: list[int]
 ) -> list[tuple[float, int]]:
-    """(sum of log p(token | prefix), tokens scored) for tokens at positions >= score_from[i] (>= 1)."""
+    """(sum of log p(token | prefix), tokens scored) for tokens at positions >= score_from[i] (>= 1).
+
+    The model sees each sequence without its last token (that token is only predicted), and the
+    scored tokens' log-probabilities are summed in float32 over exactly their slice: the harness's
+    computation, so equal inputs give equal sums.
+    """
     import torch
 
     pad = 0
@@ -341,21 +450,27 @@ def sequence_logprobs(
     batches = _batches(len(seqs))
     for b, idx in enumerate(batches):
         width = max(len(seqs[i]) for i in idx)
+        if width < 2:  # nothing to predict in this batch (single-token texts)
+            out.extend((0.0, 0) for _ in idx)
+            ctx.progress(b + 1, len(batches))
+            continue
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
-        scored = torch.zeros((len(idx), width - 1), dtype=torch.bool)
         for row, i in enumerate(idx):
             n = len(seqs[i])
             ids[row, :n] = torch.tensor(seqs[i])
             mask[row, :n] = 1
-            scored[row, max(score_from[i], 1) - 1 : n - 1] = True  # target j+1 is predicted at j
         with torch.no_grad():
-            logits = model(input_ids=ids.to(ctx.device), attention_mask=mask.to(ctx.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            logits = model(
+                input_ids=ids[:, :-1].to(ctx.device), attention_mask=mask[:, :-1].to(ctx.device)
+            ).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
         tok_lp = logp.gather(-1, ids[:, 1:].to(ctx.device).unsqueeze(-1)).squeeze(-1).cpu()
-        tok_lp = tok_lp.masked_fill(~scored, 0.0)
-        for row in range(len(idx)):
-            out.append((float(tok_lp[row].sum()), int(scored[row].sum())))
+        for row, i in enumerate(idx):
+            n = len(seqs[i])
+            lo = max(score_from[i], 1) - 1  # target j+1 is predicted at j
+            part = tok_lp[row, lo : n - 1]
+            out.append((float(part.sum()), int(part.numel())))
         ctx.progress(b + 1, len(batches))
     return out
 
@@ -372,14 +487,53 @@ def _lm_texts(records: list[Record]) -> list[str]:
     raise AssertionError("unreachable")
 
 
-def eval_language_modeling(ctx: Context) -> Outcome:
-    """Corpus perplexity: exp(total NLL / tokens predicted), the first token of each text is context."""
+def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, score_from) windows over a text of n tokens: every token from the second on is scored
+    exactly once. The first window predicts its tokens 1..window-1; each next one predicts the following
+    `stride` tokens (at most window-1) with as much context before them as fits in the window."""
+    if n_tokens <= window:
+        return [(0, n_tokens, 1)]
+    step = max(1, min(stride, window - 1))
+    out = [(0, window, 1)]
+    predicted = window
+    while predicted < n_tokens:
+        end = min(predicted + step, n_tokens)
+        begin = end - window
+        out.append((begin, end, predicted - begin))
+        predicted = end
+    return out
+
+
+def eval_language_modeling(ctx: Context, prompt: Prompt | None = None) -> Outcome:
+    """Corpus perplexity: exp(total NLL / tokens predicted), the first token of each text is context.
+
+    Texts longer than the window are scored with a sliding window (spec.metricOptions.perplexity):
+    nothing is truncated, each token is predicted once from up to window-1 tokens before it.
+    """
     model = _causal_lm(ctx)
     tok = _tokenizer(ctx, "right")
     texts = _lm_texts(ctx.records)
-    max_len = _max_len(tok, model)
-    seqs = [tok(t, truncation=True, max_length=max_len)["input_ids"] for t in texts]
-    scores = sequence_logprobs(ctx, model, seqs, [1] * len(seqs))
+    opts = ctx.spec.metric_options.perplexity
+    window = min(opts.max_length, _max_len(tok, model)) if opts.max_length else _max_len(tok, model)
+    stride = max(1, min(opts.stride or window // 2, window - 1))
+    seqs: list[list[int]] = []
+    starts: list[int] = []
+    owner: list[int] = []
+    n_windows = 0
+    for t_index, t in enumerate(texts):
+        ids = list(tok(t)["input_ids"])
+        wins = sliding_windows(len(ids), window, stride)
+        n_windows += len(wins)
+        for begin, end, score_from in wins:
+            seqs.append(ids[begin:end])
+            starts.append(score_from)
+            owner.append(t_index)
+    scored = sequence_logprobs(ctx, model, seqs, starts)
+    per_text = [[0.0, 0] for _ in texts]
+    for t_index, (lp, n) in zip(owner, scored, strict=True):
+        per_text[t_index][0] += lp
+        per_text[t_index][1] += n
+    scores = [(float(lp), int(n)) for lp, n in per_text]
     total_nll = -math.fsum(lp for lp, _ in scores)
     n_tokens = sum(n for _, n in scores)
     if n_tokens == 0:
@@ -393,123 +547,205 @@ def eval_language_modeling(ctx: Context) -> Outcome:
         metrics={"perplexity": metrics.perplexity(total_nll, n_tokens)},
         samples=samples,
         plot=lambda path: _plot_hist(path, ppl, "per-sample perplexity"),
-        extra={"tokens": n_tokens, "totalNll": total_nll},
-    )
-
-
-def answer_index(answer: Any, choices: Sequence[Any], index: int) -> int:
-    """The gold option: an index, a letter (A, B, ...), a digit string, or the option's text."""
-    n = len(choices)
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < n:
-        return answer
-    s = str(answer).strip()
-    if len(s) == 1 and s.upper() in string.ascii_uppercase[:n]:
-        return string.ascii_uppercase.index(s.upper())
-    if s.isdigit() and int(s) < n:
-        return int(s)
-    texts = [str(c).strip() for c in choices]
-    if s in texts:
-        return texts.index(s)
-    raise StageError(
-        f"record {index}: answer {answer!r} is neither an index 0..{n - 1}, a letter "
-        f"A..{string.ascii_uppercase[min(n, 26) - 1]} nor one of the choices",
-        reason="InvalidData",
+        extra={"tokens": n_tokens, "totalNll": total_nll, "window": window, "stride": stride, "windows": n_windows},
     )
 
 
 def choice_sequences(tok: Any, question: str, choices: Sequence[Any]) -> tuple[list[list[int]], list[int]]:
-    """Token ids of prompt+option per option, and where the option's tokens start (lm-eval-harness split)."""
+    """Token ids of the legacy prompt + option per option, and where the option's tokens start."""
     context = MC_PROMPT.format(question=question)
-    ctx_ids = tok(context)["input_ids"]
     seqs, starts = [], []
     for c in choices:
-        whole = tok(context + " " + str(c).strip())["input_ids"]
-        start = min(len(ctx_ids), len(whole) - 1)
-        seqs.append(whole)
-        starts.append(max(start, 1))
+        ctx_ids, cont_ids = encode_pair(tok, context, " " + str(c).strip())
+        seqs.append(ctx_ids + cont_ids)
+        starts.append(max(min(len(ctx_ids), len(ctx_ids) + len(cont_ids) - 1), 1))
     return seqs, starts
 
 
-def eval_multiple_choice(ctx: Context) -> Outcome:
-    """Pick the option with the highest summed log-likelihood given the question."""
+def _exemplars(ctx: Context, prompt: Prompt) -> list[list[Record]]:
+    """Few-shot exemplars of each evaluated record for this variant."""
+    fs = prompt.few_shot
+    if fs.shots == 0:
+        return [[] for _ in ctx.records]
+    pool = ctx.pools[fs.split]
+    return prompts.exemplars_for(prompt, ctx.records, pool, same_split=fs.split == ctx.eval_split)
+
+
+def eval_multiple_choice(ctx: Context, prompt: Prompt) -> Outcome:
+    """Pick the option with the highest log-likelihood (acc) and per character (acc_norm); chain of thought:
+    generate reasoning and read the letter it names."""
     _need(ctx.records, ["question", "choices", "answer"], "multiple-choice")
+    golds: list[int] = []
+    for i, r in enumerate(ctx.records):
+        if len(list(r["choices"])) < 2:
+            raise StageError(f"record {i}: multiple-choice needs at least 2 choices, got {len(list(r['choices']))}")
+        if prompt.format == "lettered" and len(list(r["choices"])) > len(prompts.LETTERS):
+            raise StageError(f"record {i}: lettered format supports at most 26 choices")
+        golds.append(prompts.gold_index(r, i))
+    if prompt.cot is not None:
+        return _multiple_choice_cot(ctx, prompt, golds)
     model = _causal_lm(ctx)
     tok = _tokenizer(ctx, "right")
+    max_len = _max_len(tok, model)
+    exemplars = _exemplars(ctx, prompt)
     seqs: list[list[int]] = []
     starts: list[int] = []
     spans: list[range] = []
-    golds: list[int] = []
-    for i, r in enumerate(ctx.records):
-        choices = list(r["choices"])
-        if len(choices) < 2:
-            raise StageError(f"record {i}: multiple-choice needs at least 2 choices, got {len(choices)}")
-        golds.append(answer_index(r["answer"], choices, i))
-        s, st = choice_sequences(tok, str(r["question"]), choices)
-        spans.append(range(len(seqs), len(seqs) + len(s)))
-        seqs += s
-        starts += st
+    option_texts: list[list[str]] = []
+    contexts: list[str] = []
+    for r, ex in zip(ctx.records, exemplars, strict=True):
+        context = _as_text(tok, prompts.render(prompt, r, ex))
+        contexts.append(context)
+        conts, options = prompts.continuations(prompt, r)
+        option_texts.append(options)
+        spans.append(range(len(seqs), len(seqs) + len(conts)))
+        for cont in conts:
+            ctx_ids, cont_ids = encode_pair(tok, context, cont)
+            seq = ctx_ids + cont_ids
+            cut = max(0, len(seq) - (max_len + 1))  # left-truncate like the harness: max_len inputs
+            seqs.append(seq[cut:])
+            starts.append(max(len(ctx_ids) - cut, 1))
     scores = sequence_logprobs(ctx, model, seqs, starts)
     preds: list[int] = []
+    preds_norm: list[int] = []
     samples: list[Record] = []
-    for r, span, gold in zip(ctx.records, spans, golds, strict=True):
+    for r, span, gold, options, context in zip(ctx.records, spans, golds, option_texts, contexts, strict=True):
         lls = [scores[j][0] for j in span]
         pred = max(range(len(lls)), key=lls.__getitem__)
+        normed = [ll / max(len(o), 1) for ll, o in zip(lls, options, strict=True)]
+        pred_norm = max(range(len(normed)), key=normed.__getitem__)
         preds.append(pred)
+        preds_norm.append(pred_norm)
         samples.append(
             {
-                "input": str(r["question"])[:500],
+                "input": context[-500:] if not prompt.legacy else str(r["question"])[:500],
                 "choices": [str(c) for c in r["choices"]],
                 "loglikelihoods": lls,
                 "reference": gold,
                 "prediction": pred,
+                "predictionNorm": pred_norm,
                 "score": float(pred == gold),
             }
         )
     n_choices = [len(span) for span in spans]
     chance = sum(1 / n for n in n_choices) / len(n_choices)
+    m = {"accuracy": metrics.accuracy(golds, preds)}
+    if "acc_norm" in ctx.wanted:
+        m["acc_norm"] = metrics.accuracy(golds, preds_norm)
     return Outcome(
-        metrics={"accuracy": metrics.accuracy(golds, preds)},
+        metrics=m,
         samples=samples,
         plot=lambda path: _plot_hist(path, [float(p == g) for p, g in zip(preds, golds, strict=True)], "correct"),
         extra={"chanceAccuracy": chance},
     )
 
 
+def _reason(ctx: Context, prompt: Prompt) -> tuple[list[str], list[str], list[str]]:
+    """Chain of thought: (prompts, reasoning, text to extract the answer from) per record."""
+    model = _causal_lm(ctx)
+    tok = _tokenizer(ctx, "left")
+    exemplars = _exemplars(ctx, prompt)
+    texts = [_as_text(tok, prompts.render(prompt, r, ex)) for r, ex in zip(ctx.records, exemplars, strict=True)]
+    special = _special_tokens_for(tok, texts)
+    outputs = generate(ctx, model, tok, texts, special, prompt.max_new_tokens, prompt.stops)
+    answer_text = outputs
+    if prompt.cot is not None and prompt.cot.answer_trigger:
+        second = [prompts.maybe_delimit(t + o, prompt.cot.answer_trigger, " ") for t, o in zip(texts, outputs,
+                                                                                                 strict=True)]
+        answer_text = generate(ctx, model, tok, second, special, prompts.ANSWER_TRIGGER_TOKENS, prompt.stops)
+    return texts, outputs, answer_text
+
+
+def _multiple_choice_cot(ctx: Context, prompt: Prompt, golds: list[int]) -> Outcome:
+    texts, outputs, answers = _reason(ctx, prompt)
+    preds: list[int] = []
+    samples: list[Record] = []
+    for r, t, o, a, gold in zip(ctx.records, texts, outputs, answers, golds, strict=True):
+        letter = prompts.extract_letter(prompt, a, len(list(r["choices"])))
+        pred = prompts.LETTERS.index(letter) if letter else -1
+        preds.append(pred)
+        samples.append(
+            {"input": t[-500:], "generated": o, "answerText": a, "choices": [str(c) for c in r["choices"]],
+             "reference": gold, "prediction": pred, "score": float(pred == gold)}
+        )
+    chance = sum(1 / len(list(r["choices"])) for r in ctx.records) / len(ctx.records)
+    return Outcome(
+        metrics={"accuracy": sum(p == g for p, g in zip(preds, golds, strict=True)) / len(golds)},
+        samples=samples,
+        extra={"chanceAccuracy": chance},
+    )
+
+
 def _cut(text: str, stops: Sequence[str]) -> str:
     for s in stops:
+        if not s:
+            continue
         pos = text.find(s)
         if pos >= 0:
             text = text[:pos]
     return text
 
 
-def eval_numeric_answer(ctx: Context) -> Outcome:
-    """Generate, take the last number, compare with the number after `####`."""
+def eval_numeric_answer(ctx: Context, prompt: Prompt) -> Outcome:
+    """Generate, compare the last number with the number after `####` (accuracy), and score the harness's
+    GSM8K strict-match (`#### n`, or `The answer is n.` with chain of thought) and flexible-extract."""
     _need(ctx.records, ["question", "answer"], "numeric-answer")
-    model = _causal_lm(ctx)
-    tok = _tokenizer(ctx, "left")
-    prompts = [NUMERIC_PROMPT.format(question=str(r["question"])) for r in ctx.records]
-    outputs = [_cut(o, NUMERIC_STOPS).strip() for o in generate(ctx, model, tok, prompts)]
+    if prompt.legacy:
+        model = _causal_lm(ctx)
+        tok = _tokenizer(ctx, "left")
+        texts = [NUMERIC_PROMPT.format(question=str(r["question"])) for r in ctx.records]
+        outputs = [o.strip() for o in generate(ctx, model, tok, texts, True, prompt.max_new_tokens, prompt.stops)]
+        answers = outputs
+    else:
+        texts, outputs, answers = _reason(ctx, prompt)
     golds_text = [str(r["answer"]) for r in ctx.records]
-    final = [(a.rsplit("####", 1)[1] if "####" in a else a).strip() for a in golds_text]
-    pred_nums = [metrics.extract_number(o) for o in outputs]
+    final = [prompts.split_answer(a)[1] for a in golds_text]
     gold_nums = [metrics.reference_number(a) for a in golds_text]
+    two_stage = prompt.cot is not None and bool(prompt.cot.answer_trigger)
+    strict_pattern = prompts.numeric_strict_pattern(prompt)
+    if two_stage and prompt.cot is not None and not prompt.cot.answer_pattern:
+        strict_pattern = FIRST_NUMBER
+    strict = [metrics.regex_extract(a, strict_pattern) for a in answers]
+    flexible = [metrics.regex_extract(a, metrics.GSM8K_FLEXIBLE, -1) for a in answers]
+    if prompt.legacy or (prompt.cot is None and not two_stage):
+        pred_nums = [metrics.extract_number(a) for a in answers]
+    else:  # the reasoning's stated answer, else its last number
+        pred_nums = [
+            metrics.extract_number(s) if s != metrics.INVALID else metrics.extract_number(a)
+            for s, a in zip(strict, answers, strict=True)
+        ]
     correct = [metrics.numbers_equal(p, g) for p, g in zip(pred_nums, gold_nums, strict=True)]
     m: dict[str, float] = {}
     if "accuracy" in ctx.wanted:
         m["accuracy"] = sum(correct) / len(correct)
     if "exact_match" in ctx.wanted:
-        m["exact_match"] = metrics.exact_match(outputs, final)
+        em = metrics.exact_match_options(ctx.spec.metric_options)
+        m["exact_match"] = metrics.exact_match([o.strip() for o in outputs], final, **em)
+    strict_ok = [metrics.gsm8k_match(s, g) for s, g in zip(strict, golds_text, strict=True)]
+    flexible_ok = [metrics.gsm8k_match(f, g) for f, g in zip(flexible, golds_text, strict=True)]
+    if "exact_match_strict" in ctx.wanted:
+        m["exact_match_strict"] = sum(strict_ok) / len(strict_ok)
+    if "exact_match_flexible" in ctx.wanted:
+        m["exact_match_flexible"] = sum(flexible_ok) / len(flexible_ok)
     samples: list[Record] = [
-        {"input": p[-500:], "generated": o, "prediction": pn, "reference": gn, "score": float(c)}
-        for p, o, pn, gn, c in zip(prompts, outputs, pred_nums, gold_nums, correct, strict=True)
+        {
+            "input": t[-500:], "generated": o, "prediction": pn, "reference": gn, "score": float(c),
+            "strict": s, "flexible": f, "strictMatch": so, "flexibleMatch": fo,
+        }
+        for t, o, pn, gn, c, s, f, so, fo in zip(
+            texts, outputs, pred_nums, gold_nums, correct, strict, flexible, strict_ok, flexible_ok, strict=True
+        )
     ]
     return Outcome(metrics=m, samples=samples)
 
 
-EVALUATORS: dict[EvalTask, Callable[[Context], Outcome]] = {
-    EvalTask.CLASSIFICATION: eval_classification,
-    EvalTask.REGRESSION: eval_regression,
+def _unprompted(fn: Callable[[Context], Outcome]) -> Callable[[Context, Prompt], Outcome]:
+    return lambda ctx, _prompt: fn(ctx)
+
+
+EVALUATORS: dict[EvalTask, Callable[[Context, Prompt], Outcome]] = {
+    EvalTask.CLASSIFICATION: _unprompted(eval_classification),
+    EvalTask.REGRESSION: _unprompted(eval_regression),
     EvalTask.GENERATION: eval_generation,
     EvalTask.LANGUAGE_MODELING: eval_language_modeling,
     EvalTask.MULTIPLE_CHOICE: eval_multiple_choice,
@@ -560,27 +796,60 @@ def _plot_hist(path: Path, values: list[float], label: str) -> None:
 # --------------------------------------------------------------------------------------------- run
 
 
-def check_thresholds(values: dict[str, float], thresholds: list[Threshold]) -> tuple[list[Record], list[str]]:
-    """Each threshold with its value and verdict, and the one-line descriptions of those that failed."""
+def check_thresholds(
+    values: dict[str, float],
+    thresholds: list[Threshold],
+    variants: dict[str, dict[str, float]] | None = None,
+) -> tuple[list[Record], list[str]]:
+    """Each threshold with its value and verdict, and the one-line descriptions of those that failed.
+
+    `values` are the first (default) variant's metrics; a threshold naming another variant reads
+    `variants[name]`. With several variants the descriptions name the variant: `accuracy[five-shot] ...`.
+    """
     rows: list[Record] = []
     failed: list[str] = []
+    named = variants is not None and len(variants) > 1
+    default = next(iter(variants)) if variants else None
     for t in thresholds:
         name = t.metric.value
-        value = values.get(name)
+        variant = t.variant or default
+        source = variants.get(variant or "", {}) if variants and t.variant else values
+        value = source.get(name)
         ok = value is not None and not math.isnan(value) and t.passes(value)
-        rows.append({"metric": name, "min": t.min, "max": t.max, "value": value, "passed": ok})
+        row: Record = {"metric": name, "min": t.min, "max": t.max, "value": value, "passed": ok}
+        if variant is not None and variants is not None:
+            row["variant"] = variant
+        rows.append(row)
         if not ok:
             bound = " and ".join(
                 b for b in (f">= {t.min:g}" if t.min is not None else "", f"<= {t.max:g}" if t.max is not None else "")
                 if b
             )
             got = "missing" if value is None else f"{value:.6g}"
-            failed.append(f"{name} {got} (want {bound})")
+            label = f"{name}[{variant}]" if named else name
+            failed.append(f"{label} {got} (want {bound})")
     return rows, failed
 
 
+def _pools(spec: EvaluationSpec, data_uri: str) -> dict[str, list[Record]]:
+    """Records of every split the prompt variants draw exemplars from (the evaluated split unabridged by
+    maxSamples)."""
+    out: dict[str, list[Record]] = {}
+    for v in spec.prompts or []:
+        split = v.few_shot.split
+        if v.few_shot.shots and split not in out:
+            out[split] = dataio.read_split_records(data_uri, split)
+            if not out[split]:
+                raise StageError(
+                    f"prompt variant {v.name!r} draws exemplars from split {split!r}, which is empty; set "
+                    "fewShot.split to a split the Dataset fills",
+                    reason="NotEnoughExemplars",
+                )
+    return out
+
+
 def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
-    """Evaluate the model input on the dataset input's split and write the report."""
+    """Evaluate the model input on the dataset input's split, once per prompt variant, and write the report."""
     evaluation = cast(Evaluation, config.typed())
     spec = evaluation.spec
     for key in ("model", "dataset"):
@@ -594,6 +863,14 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     if not records:
         raise StageError(f"split {spec.dataset.split!r} of {data_uri} is empty; nothing to evaluate")
     _need(records, REQUIRED_COLUMNS.get(spec.task_type, ()), spec.task_type.value)
+    if spec.task_type == EvalTask.GENERATION:
+        keys = {k for r in records for k in r}
+        if not ({"prompt", "completion"} <= keys or {"question", "answer"} <= keys or "messages" in keys):
+            _need(records, ["prompt", "completion"], "generation")
+    variants = prompts.resolve(spec)
+    for v in variants:
+        prompts.validate_variant(v, records)
+    pools = _pools(spec, data_uri)
     from .modelio import model_location  # imports torch: only once the data is known to fit
 
     model_loc = model_location(config.inputs["model"].uri)
@@ -605,11 +882,19 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         reporter=reporter,
         device=_device(),
         wanted=[m.value for m in spec.metrics],
+        pools=pools,
+        eval_split=spec.dataset.split,
     )
     reporter.update(step=0, total_steps=1, force=True)
-    outcome = EVALUATORS[spec.task_type](ctx)
-    values = {k: float(v) for k, v in outcome.metrics.items()}
-    rows, failed = check_thresholds(values, spec.thresholds or [])
+    outcomes: dict[str, Outcome] = {}
+    for v in variants:
+        outcomes[v.name] = EVALUATORS[spec.task_type](ctx, v)
+    table = {name: {k: float(x) for k, x in o.metrics.items()} for name, o in outcomes.items()}
+    first = variants[0].name
+    outcome = outcomes[first]
+    values = table[first]
+    prompted = bool(spec.prompts)
+    rows, failed = check_thresholds(values, spec.thresholds or [], table if prompted else None)
     passed = not failed
     report_uri = f"{config.output_uri.rstrip('/')}/report.json"
     report = {
@@ -624,11 +909,19 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         "config": spec.to_wire(),
         **outcome.extra,
     }
+    rows_by_variant = [{"name": name, "metrics": vals} for name, vals in table.items()]  # ordered, unlike a map
+    if prompted:
+        report["variants"] = rows_by_variant
+        report["variantDetails"] = {name: o.extra for name, o in outcomes.items()}
     with dataio.staged_output(config.output_uri) as out:
         (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
         with (out / "samples.jsonl").open("w") as fh:
-            for i, s in enumerate(outcome.samples):
-                fh.write(json.dumps({"index": i, **s}, sort_keys=True, default=str) + "\n")
+            i = 0
+            for name, o in outcomes.items():
+                for record_index, s in enumerate(o.samples):
+                    extra = {"variant": name, "record": record_index} if prompted else {}
+                    fh.write(json.dumps({"index": i, **extra, **s}, sort_keys=True, default=str) + "\n")
+                    i += 1
         if outcome.plot is not None:
             with contextlib.suppress(ImportError):  # matplotlib is optional in the trainer image
                 outcome.plot(out / "plot.png")
@@ -643,7 +936,16 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
             write_lineage(config.model_copy(update={"output_uri": str(out)}), artifact)
     reporter.update(step=1, total_steps=1, force=True)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+    if prompted and len(table) > 1:
+        shown = "; ".join(
+            f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(vals.items())) for name, vals in table.items()
+        )
     verdict = "passed" if passed else "failed thresholds: " + "; ".join(failed)
+    details: dict[str, Any] = {
+        "passed": passed, "failedThresholds": failed, "sampleCount": len(records), "reportUri": report_uri,
+    }
+    if prompted:
+        details["variants"] = rows_by_variant
     return StageResult(
         succeeded=True,
         reason="Completed",
@@ -651,5 +953,5 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         artifact=artifact,
         lineage=lineage_of(config),
         metrics=values,
-        details={"passed": passed, "failedThresholds": failed, "sampleCount": len(records), "reportUri": report_uri},
+        details=details,
     )

@@ -4,15 +4,25 @@ Each metric delegates to its reference implementation (scikit-learn, sacrebleu, 
 so numbers match what users compute elsewhere; tests/unit/test_metrics.py checks parity. Scales:
 BLEU is sacrebleu's 0-100; ROUGE and exact match are 0-1 averages over samples; NIST is nltk's
 corpus NIST (n=5); perplexity is exp(mean token negative log-likelihood).
+
+Options (spec.metricOptions): BLEU with sacrebleu's effective order and tokenizer; ROUGE through a
+Unicode tokenizer (rouge-score's own keeps only [a-z0-9], so Chinese scores 0) that equals rouge-score's
+on ASCII text; exact match ignoring case, punctuation and articles (SQuAD) and the lm-evaluation-harness
+`regexes_to_ignore`; GSM8K strict/flexible answer extraction exactly as the harness's regex filters.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import string
+import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubeforge.api.v1alpha1.evaluation import MetricOptions
 
 Label = int | str
 
@@ -73,27 +83,35 @@ def regression(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, fl
     }
 
 
-def bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Corpus BLEU (sacrebleu defaults: 13a tokenisation, exp smoothing), 0-100."""
+def bleu(
+    preds: Sequence[str], refs: Sequence[str], effective_order: bool = False, tokenize: str = "13a"
+) -> float:
+    """Corpus BLEU (sacrebleu: exp smoothing, `tokenize` tokenisation, optional effective order), 0-100.
+
+    With `effective_order`, n-gram orders that no prediction is long enough to contain are left out of
+    the geometric mean (sacrebleu's `use_effective_order`), so short answers are not scored 0.
+    """
     import sacrebleu
 
     _check(preds, refs)
-    return float(sacrebleu.corpus_bleu(list(preds), [list(refs)]).score)
+    return float(
+        sacrebleu.corpus_bleu(list(preds), [list(refs)], tokenize=tokenize, use_effective_order=effective_order).score
+    )
 
 
-@lru_cache(maxsize=1)
-def _tokenizer_13a() -> Any:
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+@lru_cache(maxsize=8)
+def _sacrebleu_tokenizer(name: str) -> Any:
+    from sacrebleu.metrics.bleu import BLEU
 
-    return Tokenizer13a()  # type: ignore[no-untyped-call]
-
-
-def tokenize(text: str) -> list[str]:
-    """Word tokens as BLEU sees them (sacrebleu 13a), used for NIST too."""
-    return list(_tokenizer_13a()(text.strip()).split())
+    return BLEU(tokenize=name).tokenizer
 
 
-def nist(preds: Sequence[str], refs: Sequence[str], n: int = NIST_ORDER) -> float:
+def tokenize(text: str, name: str = "13a") -> list[str]:
+    """Word tokens as BLEU sees them (sacrebleu's `name` tokenizer, 13a by default), used for NIST too."""
+    return list(_sacrebleu_tokenizer(name)(text.strip()).split())
+
+
+def nist(preds: Sequence[str], refs: Sequence[str], n: int = NIST_ORDER, tokenizer: str = "13a") -> float:
     """Corpus NIST (nltk `corpus_nist`) over 13a tokens.
 
     nltk divides by the corpus' count of hypothesis n-grams per order and fails when an order has
@@ -104,45 +122,144 @@ def nist(preds: Sequence[str], refs: Sequence[str], n: int = NIST_ORDER) -> floa
     from nltk.translate.nist_score import corpus_nist
 
     _check(preds, refs)
-    hyps = [tokenize(p) for p in preds]
+    hyps = [tokenize(p, tokenizer) for p in preds]
     order = min(n, max(len(h) for h in hyps))
     if order == 0:
         return 0.0
-    return float(corpus_nist([[tokenize(r)] for r in refs], hyps, n=order))
+    return float(corpus_nist([[tokenize(r, tokenizer)] for r in refs], hyps, n=order))
 
 
-@lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
+def _is_cjk(ch: str) -> bool:
+    """Scripts written without spaces between words, scored per character: Han, kana, and their marks."""
+    o = ord(ch)
+    return (
+        0x4E00 <= o <= 0x9FFF  # CJK unified ideographs
+        or 0x3400 <= o <= 0x4DBF  # extension A
+        or 0x20000 <= o <= 0x3134F  # extensions B-H
+        or 0xF900 <= o <= 0xFAFF  # compatibility ideographs
+        or 0x3040 <= o <= 0x30FF  # hiragana, katakana
+        or 0x31F0 <= o <= 0x31FF  # katakana phonetic extensions
+        or 0xFF66 <= o <= 0xFF9D  # half-width katakana
+        or 0x3005 <= o <= 0x3007  # iteration mark, closing mark, ideographic zero
+    )
+
+
+class UnicodeTokenizer:
+    """rouge-score `Tokenizer` that keeps every script: on ASCII text it equals rouge-score's default.
+
+    Lower-cases; a token is a run of letters, digits and combining marks (any script; `_` and
+    punctuation separate, as in rouge-score); each CJK ideograph or kana is a token of its own (the
+    usual character-level ROUGE for Chinese and Japanese). With `use_stemmer`, ASCII words longer than
+    3 characters are Porter-stemmed exactly as rouge-score does.
+    """
+
+    def __init__(self, use_stemmer: bool = True) -> None:
+        from nltk.stem import porter
+
+        self._stemmer = porter.PorterStemmer() if use_stemmer else None
+
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of `text`."""
+        tokens: list[str] = []
+        word: list[str] = []
+        for ch in text.lower():
+            if _is_cjk(ch):
+                if word:
+                    tokens.append("".join(word))
+                    word = []
+                tokens.append(ch)
+            elif unicodedata.category(ch)[0] in "LNM":
+                word.append(ch)
+            elif word:
+                tokens.append("".join(word))
+                word = []
+        if word:
+            tokens.append("".join(word))
+        if self._stemmer is not None:
+            tokens = [self._stemmer.stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
+        return tokens
+
+
+@lru_cache(maxsize=4)
+def _rouge_scorer(tokenizer: str = "unicode", use_stemmer: bool = True) -> Any:
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    if tokenizer == "rouge-score":
+        return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+    if tokenizer != "unicode":
+        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; use unicode or rouge-score")
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=UnicodeTokenizer(use_stemmer))
 
 
-def rouge_per_sample(pred: str, ref: str) -> dict[str, float]:
-    """ROUGE-1/2/L F-measure of one prediction (rouge-score, Porter stemming)."""
-    scores = _rouge_scorer().score(ref, pred)
+def rouge_per_sample(pred: str, ref: str, tokenizer: str = "unicode", use_stemmer: bool = True) -> dict[str, float]:
+    """ROUGE-1/2/L F-measure of one prediction (rouge-score; Porter stemming; Unicode tokens by default)."""
+    scores = _rouge_scorer(tokenizer, use_stemmer).score(ref, pred)
     return {k: float(scores[k].fmeasure) for k in ROUGE_TYPES}
 
 
-def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+def rouge(
+    preds: Sequence[str], refs: Sequence[str], tokenizer: str = "unicode", use_stemmer: bool = True
+) -> dict[str, float]:
     """ROUGE-1/2/L F-measure averaged over samples."""
     _check(preds, refs)
-    per = [rouge_per_sample(p, r) for p, r in zip(preds, refs, strict=True)]
+    per = [rouge_per_sample(p, r, tokenizer, use_stemmer) for p, r in zip(preds, refs, strict=True)]
     return {k: math.fsum(s[k] for s in per) / len(per) for k in ROUGE_TYPES}
 
 
 _WS = re.compile(r"\s+")
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
 
 
-def normalize_answer(text: str) -> str:
-    """Whitespace-collapsed, stripped text: what exact match compares."""
+def normalize_answer(
+    text: str,
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+    ignore_articles: bool = False,
+    regexes_to_ignore: Sequence[str] = (),
+) -> str:
+    """What exact match compares: regexes deleted, then case, punctuation, articles; whitespace collapsed.
+
+    The order is the lm-evaluation-harness's (regexes, case, punctuation); with case, punctuation and
+    articles all ignored this is SQuAD's `normalize_answer`.
+    """
+    for pattern in regexes_to_ignore:
+        text = re.sub(pattern, "", text)
+    if ignore_case:
+        text = text.lower()
+    if ignore_punctuation:
+        text = text.translate(_PUNCT_TABLE)
+    if ignore_articles:
+        text = _ARTICLES.sub(" ", text)
     return _WS.sub(" ", text).strip()
 
 
-def exact_match(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Share of predictions equal to their reference after whitespace normalisation."""
+def exact_match(
+    preds: Sequence[str],
+    refs: Sequence[str],
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+    ignore_articles: bool = False,
+    regexes_to_ignore: Sequence[str] = (),
+) -> float:
+    """Share of predictions equal to their reference after `normalize_answer` with the given options."""
     _check(preds, refs)
-    return sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs, strict=True)) / len(preds)
+    opts = (ignore_case, ignore_punctuation, ignore_articles, tuple(regexes_to_ignore))
+    hits = sum(normalize_answer(p, *opts) == normalize_answer(r, *opts) for p, r in zip(preds, refs, strict=True))
+    return hits / len(preds)
+
+
+def exact_match_options(options: MetricOptions | None) -> dict[str, Any]:
+    """spec.metricOptions.exactMatch as keyword arguments of `exact_match`/`normalize_answer`."""
+    if options is None:
+        return {}
+    em = options.exact_match
+    return {
+        "ignore_case": em.ignore_case,
+        "ignore_punctuation": em.ignore_punctuation,
+        "ignore_articles": em.ignore_articles,
+        "regexes_to_ignore": tuple(em.regexes_to_ignore or ()),
+    }
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
@@ -152,17 +269,22 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
     return math.exp(total_nll / n_tokens)
 
 
-def generation(preds: Sequence[str], refs: Sequence[str], wanted: Sequence[str]) -> dict[str, float]:
-    """The requested generation metrics (only those asked for are computed)."""
+def generation(
+    preds: Sequence[str], refs: Sequence[str], wanted: Sequence[str], options: MetricOptions | None = None
+) -> dict[str, float]:
+    """The requested generation metrics (only those asked for are computed), with spec.metricOptions."""
     out: dict[str, float] = {}
+    b = options.bleu if options is not None else None
+    r = options.rouge if options is not None else None
     if "bleu" in wanted:
-        out["bleu"] = bleu(preds, refs)
+        out["bleu"] = bleu(preds, refs, b.effective_order, b.tokenize) if b else bleu(preds, refs)
     if "nist" in wanted:
-        out["nist"] = nist(preds, refs)
+        out["nist"] = nist(preds, refs, tokenizer=b.tokenize) if b else nist(preds, refs)
     if any(k in wanted for k in ROUGE_TYPES):
-        out.update({k: v for k, v in rouge(preds, refs).items() if k in wanted})
+        scores = rouge(preds, refs, r.tokenizer, r.use_stemmer) if r else rouge(preds, refs)
+        out.update({k: v for k, v in scores.items() if k in wanted})
     if "exact_match" in wanted:
-        out["exact_match"] = exact_match(preds, refs)
+        out["exact_match"] = exact_match(preds, refs, **exact_match_options(options))
     return out
 
 
@@ -195,3 +317,38 @@ def numbers_equal(a: str | None, b: str | None) -> bool:
         return math.isclose(float(a), float(b), rel_tol=0, abs_tol=1e-6)
     except ValueError:
         return False
+
+
+# ------------------------------------------------------------- lm-evaluation-harness GSM8K conventions
+
+# The harness's gsm8k filters ("strict-match", "flexible-extract") and gsm8k_cot's strict pattern.
+GSM8K_STRICT = r"#### (\-?[0-9\.\,]+)"
+GSM8K_COT_STRICT = r"The answer is (\-?[0-9\.\,]+)."
+GSM8K_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+# The harness's gsm8k exact_match: these regexes removed from both sides, case ignored.
+GSM8K_IGNORE = (",", r"\$", "(?s).*#### ", r"\.$")
+INVALID = "[invalid]"
+
+
+def regex_extract(text: str, pattern: str, group_select: int = 0, fallback: str = INVALID) -> str:
+    """The harness's `regex` filter: the `group_select`-th match (its first non-empty group), stripped."""
+    found = re.findall(pattern, text)
+    if not found:
+        return fallback
+    match = found[group_select]
+    if isinstance(match, tuple):
+        parts = [m for m in match if m]
+        if not parts:
+            return fallback
+        match = parts[0]
+    return str(match).strip()
+
+
+def gsm8k_match(extracted: str, answer: str) -> bool:
+    """The harness's gsm8k exact_match of one extracted answer against the full reference answer."""
+    def norm(s: str) -> str:
+        for pattern in GSM8K_IGNORE:
+            s = re.sub(pattern, "", s)
+        return s.lower()
+
+    return norm(extracted) == norm(answer)

@@ -8,9 +8,11 @@ Artifact layout written by the training stages (documented contract for downstre
 - PEFT without merge: the root is the adapter (`adapter_config.json`, `adapter_model.safetensors`)
   plus tokenizer files; the base model is named in `kubeforge-model.json` (`baseModel`, a URI).
 - Every root has `kubeforge-model.json`: `{"layout": "full"|"adapter", "task": "causal-lm"|
-  "sequence-classification", "peft": <method>, "baseModel": <uri or null>}`.
+  "sequence-classification"|"regression", "peft": <method>, "baseModel": <uri or null>}`; classifier and
+  regression artifacts (TrainingJob method classification/regression) add `numLabels`, `labels` (the
+  label of each id) and `problemType`, so an adapter's base can be given the right head.
 
-`load_causal_lm(path)` / `load_for_inference(path)` accept all of these.
+`load_causal_lm(path)`, `load_sequence_classifier(path)` and `load_for_inference(path)` accept all of these.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from transformers import (
 from .runtime import StageError
 
 MANIFEST = "kubeforge-model.json"
+# Manifest tasks whose model is an AutoModelForSequenceClassification (reward models included).
+SEQUENCE_TASKS = ("sequence-classification", "regression")
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -224,12 +228,64 @@ def is_prompt_learning(model: Any) -> bool:
     return bool(getattr(cfg, "is_prompt_learning", False))
 
 
+def head_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`from_pretrained` kwargs giving a base the head a classifier/regression manifest describes ({} if none)."""
+    n = manifest.get("numLabels")
+    if not n:
+        return {}
+    out: dict[str, Any] = {"num_labels": int(n)}
+    labels = manifest.get("labels") or []
+    if labels:
+        out["id2label"] = {i: str(v) for i, v in enumerate(labels)}
+        out["label2id"] = {str(v): i for i, v in enumerate(labels)}
+    if manifest.get("problemType"):
+        out["problem_type"] = manifest["problemType"]
+    return out
+
+
+def load_sequence_classifier(
+    path: str | Path,
+    *,
+    merge: bool = True,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A sequence-classification/regression model from a full dir or an adapter dir (base + adapter).
+
+    For an adapter the base gets the head the manifest names (`numLabels`, `labels`), then the adapter
+    (with its trained head) is loaded; with `merge=True` additive adapters are folded in. OSError and
+    ValueError propagate so callers can name their own fix.
+    """
+    loc = str(path)
+    if Path(loc).exists() and is_adapter_dir(loc):
+        from peft import PeftModel
+
+        base = full_model_dir(_adapter_base(Path(loc)))
+        base_model = AutoModelForSequenceClassification.from_pretrained(
+            base,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+            **(head_config(read_manifest(loc)) | kwargs),
+        )
+        model = PeftModel.from_pretrained(base_model, loc)
+        if merge and not is_prompt_learning(model):
+            return model.merge_and_unload()
+        return model
+    return AutoModelForSequenceClassification.from_pretrained(
+        loc, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
 def load_for_inference(path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer) for any artifact layout above; adapters are merged for speed."""
     kind = read_manifest(path).get("task", "causal-lm")
     tok = load_tokenizer(str(path))
-    if kind == "sequence-classification":
-        model: Any = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+    if kind in SEQUENCE_TASKS:
+        model: Any = load_sequence_classifier(path, dtype=dtype)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tok.pad_token_id
     else:
         model = load_causal_lm(path, merge=True, dtype=dtype)
     model.eval()

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 from kubeforge.api.v1alpha1.dataset import (
+    OPTIONAL_COLUMNS,
     TASK_COLUMNS,
     Dataset,
     DatasetSpec,
@@ -33,8 +34,10 @@ from .runtime import ProgressReporter, StageError, artifact_for, digest_path, li
 
 Record = dict[str, Any]
 DROP_LABEL = "__drop__"
-# Fields holding free text that normalisation and PII scrubbing rewrite.
-TEXT_FIELDS = ("text", "prompt", "completion", "chosen", "rejected")
+# Fields holding free text that normalisation and PII scrubbing rewrite (`answer` only when it is text).
+TEXT_FIELDS = ("text", "prompt", "completion", "chosen", "rejected", "question", "answer", "rationale", "subject")
+# Fields that filters, dedup and statistics read as the record's content (options count, subjects do not).
+CONTENT_FIELDS = ("text", "prompt", "completion", "chosen", "rejected", "question", "answer", "rationale")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -64,10 +67,19 @@ def _source_records(config: StageConfig, spec: DatasetSpec) -> list[Record]:
 
 
 def map_columns(records: list[Record], spec: DatasetSpec) -> list[Record]:
-    """Rename source columns to the task's fields; a missing column is a one-line, fixable error."""
+    """Rename source columns to the task's fields; a missing column is a one-line, fixable error.
+
+    Optional fields (`subject`, `rationale`) are kept when mapped or present under their own name;
+    multiple-choice options may come from one list column or from `columns.choiceColumns`.
+    """
     fields = TASK_COLUMNS[spec.task]
-    mapping = {f: getattr(spec.columns, f) or f for f in fields}
+    choice_columns = spec.columns.choice_columns if spec.task == DatasetTask.MULTIPLE_CHOICE else None
+    mapping = {f: getattr(spec.columns, f) or f for f in fields if not (f == "choices" and choice_columns)}
     available: list[str] = sorted({k for r in records for k in r})
+    for f in OPTIONAL_COLUMNS.get(spec.task, ()):
+        explicit = getattr(spec.columns, f)
+        if explicit is not None or f in available:
+            mapping[f] = explicit or f
     for field, column in mapping.items():
         if column not in available:
             hint = (
@@ -80,22 +92,40 @@ def map_columns(records: list[Record], spec: DatasetSpec) -> list[Record]:
                 f"available columns: {available}; {hint}",
                 reason="MissingColumn",
             )
-    return [{f: r.get(c) for f, c in mapping.items()} for r in records]
+    missing_choices = [c for c in choice_columns or [] if c not in available]
+    if missing_choices:
+        raise StageError(
+            f"spec.columns.choiceColumns names {missing_choices}, not found in the source data; "
+            f"available columns: {available}",
+            reason="MissingColumn",
+        )
+    out = [{f: r.get(c) for f, c in mapping.items()} for r in records]
+    if choice_columns:
+        for rec, r in zip(out, records, strict=True):
+            rec["choices"] = [r.get(c) for c in choice_columns]
+    return out
 
 
 def _coerce(records: list[Record], task: DatasetTask) -> tuple[list[Record], int]:
     """Give every field its task type; records with a missing (null) field are dropped and counted."""
     out: list[Record] = []
     missing = 0
+    optional = OPTIONAL_COLUMNS.get(task, ())
     for i, r in enumerate(records):
-        if any(v is None for v in r.values()):
+        if any(v is None for k, v in r.items() if k not in optional):
             missing += 1
             continue
-        rec = dict(r)
+        rec: Record = {k: ("" if v is None else v) for k, v in r.items()}
         for f in TEXT_FIELDS:
-            if f in rec:
+            if f in rec and not (f == "answer" and task == DatasetTask.MULTIPLE_CHOICE):
                 rec[f] = str(rec[f])
-        if task == DatasetTask.CHAT:
+        if task == DatasetTask.MULTIPLE_CHOICE:
+            rec["choices"] = _choices(rec["choices"], i)
+            if len(rec["choices"]) < 2:
+                missing += 1
+                continue
+            rec["answer"] = _answer_index(rec["answer"], rec["choices"], i)
+        elif task == DatasetTask.CHAT:
             rec["messages"] = _messages(rec["messages"], i)
         elif task == DatasetTask.REGRESSION:
             try:
@@ -116,6 +146,36 @@ def _coerce(records: list[Record], task: DatasetTask) -> tuple[list[Record], int
             for r in out:  # one Arrow type per column: mixed or non-integer labels become strings
                 r["label"] = str(r["label"])
     return out, missing
+
+
+def _choices(value: Any, index: int) -> list[str]:
+    """Multiple-choice options as a list of strings (a JSON list string, e.g. from CSV, is parsed;
+    empty cells of `choiceColumns` are dropped)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise StageError(
+                f"record {index}: choices is a string but not a JSON list ({exc.msg}); use a list column or "
+                "spec.columns.choiceColumns",
+                reason="InvalidData",
+            ) from exc
+    if not isinstance(value, list | tuple):
+        raise StageError(
+            f"record {index}: choices must be a list of options, got {type(value).__name__}; check "
+            "spec.columns.choices or use spec.columns.choiceColumns",
+            reason="InvalidData",
+        )
+    return [str(c) for c in value if c is not None and str(c) != ""]
+
+
+def _answer_index(answer: Any, choices: list[str], index: int) -> int:
+    """The gold option as a 0-based index (from an index, a letter A-Z, a digit string or the option text)."""
+    from .prompts import answer_index
+
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)
+    return answer_index(answer, choices, index)
 
 
 def _messages(value: Any, index: int) -> list[dict[str, str]]:
@@ -140,14 +200,18 @@ def content(record: Record) -> str:
     """The record's text as filters, dedup and statistics see it (all text fields, labels excluded)."""
     if "messages" in record:  # chat: the messages (a rendered `text` is derived from them)
         return "\n".join(str(m["content"]) for m in record["messages"])
-    return "\n".join(str(record[f]) for f in TEXT_FIELDS if f in record)
+    if "choices" in record:  # multiple-choice: the question and its options, not the answer index
+        return "\n".join([str(record["question"]), *(str(c) for c in record["choices"])])
+    return "\n".join(str(record[f]) for f in CONTENT_FIELDS if f in record)
 
 
 def _map_text(record: Record, fn: Callable[[str], str]) -> Record:
     out = dict(record)
     for f in TEXT_FIELDS:
-        if f in out:
+        if f in out and isinstance(out[f], str):
             out[f] = fn(out[f])
+    if "choices" in out:
+        out["choices"] = [fn(c) for c in out["choices"]]
     if "messages" in out:
         out["messages"] = [{"role": m["role"], "content": fn(m["content"])} for m in out["messages"]]
     return out
@@ -266,24 +330,61 @@ def _compile(patterns: list[str], field: str) -> list[re.Pattern[str]]:
     return out
 
 
+# LSH bands are chosen so that a pair exactly at the decision threshold becomes a candidate with at
+# least this probability (LSH tuned *at* the threshold finds only about half of them); pairs above it
+# are found even more often. Candidates are then decided exactly, so the looser LSH drops nothing extra.
+LSH_RECALL_AT_THRESHOLD = 0.99
+
+
+def lsh_params(threshold: float, num_perm: int, recall: float = LSH_RECALL_AT_THRESHOLD) -> tuple[int, int]:
+    """(bands, rows): the most selective banding whose candidate probability at `threshold` is >= recall.
+
+    P(candidate | Jaccard s) = 1 - (1 - s**rows) ** bands. For threshold 0.85 and 128 permutations this is
+    16 bands of 8 rows (P = 0.994 at 0.85), which behaves like an LSH tuned at about 0.65.
+    """
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= recall:
+            return bands, rows
+    return num_perm, 1
+
+
+def shingles(text: str, ngram: int) -> frozenset[str]:
+    """Character n-gram shingles of a record's content (a short text is one shingle)."""
+    return frozenset(text[j : j + ngram] for j in range(max(1, len(text) - ngram + 1)))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """Exact Jaccard similarity of two shingle sets."""
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
 def _near_duplicates(pipe: Pipeline, threshold: float, num_perm: int, ngram: int) -> None:
-    """MinHash + LSH: drop a record whose estimated Jaccard similarity to a kept one reaches threshold."""
+    """Drop a record whose shingle Jaccard similarity to an earlier kept record reaches `threshold`.
+
+    MinHash + LSH only proposes candidates, with bands loose enough that a pair at the threshold is a
+    candidate with probability >= LSH_RECALL_AT_THRESHOLD (`lsh_params`; an LSH tuned at the decision
+    threshold misses about half the pairs right at it); each candidate is then checked with the exact
+    Jaccard similarity of the shingle sets, so no record below the threshold is ever dropped.
+    bench/near_dedup.py measures recall and false drops.
+    """
     from datasketch import MinHash, MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = MinHashLSH(num_perm=num_perm, params=lsh_params(threshold, num_perm))
     kept: list[Record] = []
-    hashes: dict[str, MinHash] = {}
+    sets: dict[str, frozenset[str]] = {}
     before = len(pipe.records)
     for i, r in enumerate(pipe.records):
-        text = content(r)
-        shingles = {text[j : j + ngram] for j in range(max(1, len(text) - ngram + 1))}
+        sh = shingles(content(r), ngram)
         m = MinHash(num_perm=num_perm, seed=1)
-        m.update_batch([s.encode("utf-8") for s in sorted(shingles)])
-        if any(hashes[k].jaccard(m) >= threshold for k in lsh.query(m)):
+        m.update_batch([s.encode("utf-8") for s in sorted(sh)])
+        if any(jaccard(sets[k], sh) >= threshold for k in lsh.query(m)):
             continue
         key = str(i)
         lsh.insert(key, m)
-        hashes[key] = m
+        sets[key] = sh
         kept.append(r)
     pipe.records = kept
     pipe.note("nearDuplicate", before)
@@ -418,23 +519,71 @@ def _counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, in
     return n - n_val - n_test, n_val, n_test
 
 
+def _apportion(sizes: list[int], fraction: float, target: int, taken: list[int]) -> list[int]:
+    """Records per group for one split: `target` in total, each group near `size * fraction`.
+
+    Largest remainders first, so each group gets the floor or ceiling of its share
+    and the total matches the split's global count. A group first keeps one record for train; only when
+    the target cannot be met otherwise (many singleton groups) do groups give up their last record.
+    """
+    ideal = [n * fraction for n in sizes]
+    alloc = [0] * len(sizes)
+    # largest remainder first; among equals, groups that gave the earlier split fewer records, then group order
+    order = sorted(range(len(sizes)), key=lambda i: (-(ideal[i] - math.floor(ideal[i])), taken[i], i))
+    for reserve in (1, 0):
+        cap = [max(0, n - t - reserve) for n, t in zip(sizes, taken, strict=True)]
+        for i in range(len(sizes)):
+            alloc[i] = max(alloc[i], min(math.floor(ideal[i]), cap[i]))
+        left = target - sum(alloc)
+        while left > 0:
+            progressed = False
+            for i in order:
+                if left > 0 and alloc[i] < cap[i] and alloc[i] < math.ceil(ideal[i]) + (1 - reserve) * sizes[i]:
+                    alloc[i] += 1
+                    left -= 1
+                    progressed = True
+            if not progressed:
+                break
+        if left <= 0:
+            break
+    while sum(alloc) > target:  # the global count was lowered to keep a train record: trim the smallest remainders
+        i = next(i for i in reversed(order) if alloc[i] > 0)
+        alloc[i] -= 1
+    return alloc
+
+
+def _stratified_counts(sizes: list[int], fractions: tuple[float, float, float]) -> list[tuple[int, int, int]]:
+    """(train, validation, test) per group whose totals equal the unstratified split of sum(sizes).
+
+    Rounding each group on its own drifts with many small groups (100 labels of 3 records at 0.8/0.1/0.1
+    would put nothing in validation or test); apportioning the global counts keeps every split within one
+    record of its ratio.
+    """
+    _, n_val, n_test = _counts(sum(sizes), fractions)
+    val = _apportion(sizes, fractions[1], n_val, [0] * len(sizes))
+    test = _apportion(sizes, fractions[2], n_test, val)
+    return [(n - v - t, v, t) for n, v, t in zip(sizes, val, test, strict=True)]
+
+
 def split(records: list[Record], spec: DatasetSpec) -> dict[str, list[Record]]:
-    """Seeded shuffle into train/validation/test; with stratify, each label is split on its own."""
+    """Seeded shuffle into train/validation/test; with stratify, each label is split on its own (the
+    per-label counts are apportioned so the global ratios hold within one record per split)."""
     s = spec.split
     fractions = (s.train, s.validation, s.test)
     rng = np.random.default_rng(s.seed)
     groups: list[list[int]]
-    if s.stratify:
+    if s.stratify:  # by label (classification) or subject (multiple-choice)
+        group_key = "label" if spec.task == DatasetTask.CLASSIFICATION else "subject"
         by_label: dict[str, list[int]] = {}
         for i, r in enumerate(records):
-            by_label.setdefault(str(r["label"]), []).append(i)
+            by_label.setdefault(str(r.get(group_key, "")), []).append(i)
         groups = [by_label[k] for k in sorted(by_label)]
     else:
         groups = [list(range(len(records)))]
     parts: dict[str, list[int]] = {name: [] for name in dataio.SPLITS}
-    for idx in groups:
+    counts = _stratified_counts([len(g) for g in groups], fractions)
+    for idx, (n_train, n_val, _) in zip(groups, counts, strict=True):
         order = [idx[j] for j in rng.permutation(len(idx))]
-        n_train, n_val, _ = _counts(len(order), fractions)
         parts["train"] += order[:n_train]
         parts["validation"] += order[n_train : n_train + n_val]
         parts["test"] += order[n_train + n_val :]
@@ -479,6 +628,21 @@ def statistics(records: list[Record], task: DatasetTask) -> tuple[dict[str, Any]
         nested["labels"] = dict(sorted(counts.items()))
         for label, c in sorted(counts.items()):
             flat[f"label.{label}"] = round(c / len(records), 6)
+    if task == DatasetTask.MULTIPLE_CHOICE and records:
+        golds = Counter(chr(ord("A") + int(r["answer"])) for r in records)
+        nested["answers"] = dict(sorted(golds.items()))
+        for letter, c in sorted(golds.items()):
+            flat[f"answer.{letter}"] = round(c / len(records), 6)
+        n_choices = np.array([len(r["choices"]) for r in records], dtype=float)
+        nested["choices"] = {"min": float(n_choices.min()), "max": float(n_choices.max())}
+        flat["choices.mean"] = round(float(n_choices.mean()), 4)
+        subjects = Counter(str(r.get("subject") or "") for r in records)
+        if any(subjects):
+            nested["subjects"] = dict(sorted(subjects.items()))
+            flat["subjects"] = float(len(subjects))
+    if task in (DatasetTask.MULTIPLE_CHOICE, DatasetTask.QUESTION_ANSWER) and records:
+        with_rationale = sum(1 for r in records if str(r.get("rationale") or "") or "####" in str(r.get("answer")))
+        flat["rationale.share"] = round(with_rationale / len(records), 6)
     if task == DatasetTask.REGRESSION and records:
         values = np.array([r["value"] for r in records], dtype=float)
         target = {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
@@ -522,6 +686,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     if not splits["train"]:
         raise StageError(_explain_empty(pipe, n_input), reason="EmptyDataset")
     columns = list(TASK_COLUMNS[spec.task])
+    columns += [c for c in OPTIONAL_COLUMNS.get(spec.task, ()) if any(c in r for r in records)]
     if spec.task == DatasetTask.CHAT and spec.processing.chat_template:
         columns.append("text")
     schema = dataio.schema_for(records, columns)

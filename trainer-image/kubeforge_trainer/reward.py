@@ -4,7 +4,8 @@ Starts from a causal LM (e.g. an SFT output; adapters are merged first) or an en
 its [SEP] stands in for the missing eos), adds a scalar head (`num_labels=1`), and reports the
 validation pairwise accuracy before (`pairwise_accuracy_initial`) and after (`pairwise_accuracy`).
 The artifact is always a full sequence-classification model (LoRA/IA3 adapters are merged, and
-kept under `adapter/`), so RLHF loads it with one `from_pretrained`.
+kept under `adapter/`), so RLHF loads it with one `from_pretrained`. spec.distributed runs it under
+DDP or DeepSpeed ZeRO exactly as a TrainingJob.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from .stagecommon import (
     checkpoint_dir,
     finish,
     input_model_uri,
+    is_main_process,
     quantization_config,
     quiet_other_ranks,
     read_split,
     require_columns,
     resume_point,
+    setup_distributed,
     training_kwargs,
 )
 
@@ -37,7 +40,7 @@ PREFERENCE_COLUMNS: list[tuple[str, ...]] = [("prompt", "chosen", "rejected"), (
 
 def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     """Train the reward model, measure pairwise accuracy, save a full model."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl.trainer.reward_config import RewardConfig
     from trl.trainer.reward_trainer import RewardTrainer
 
@@ -49,6 +52,13 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
             f"spec.peft.method {spec.peft.method.value} is not supported for reward models: "
             "use lora, ia3, freeze or none"
         )
+    merges = spec.peft.method in (PeftMethod.LORA, PeftMethod.QLORA, PeftMethod.IA3)
+    if merges and spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage == 3:
+        raise StageError(
+            f"spec.peft.method {spec.peft.method.value} is merged into the reward model, which cannot merge ZeRO-3 "
+            "partitioned weights: set spec.distributed.zeroStage <= 2 or spec.peft.method none"
+        )
+    ds_config = setup_distributed(spec)
 
     split = spec.dataset.split
     train_ds = read_split(config, split, required=True)
@@ -69,11 +79,12 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         raise StageError(f"the tokenizer at {tok_loc} has neither an eos nor a sep token: set spec.tokenizer.uri")
 
     args = RewardConfig(
-        **training_kwargs(spec, config, ckpt, has_eval=eval_ds is not None, deepspeed=None),
+        **training_kwargs(spec, config, ckpt, has_eval=eval_ds is not None, deepspeed=ds_config),
         max_length=spec.hyperparameters.max_length,
         eos_token=eos,
         center_rewards_coefficient=spec.center_rewards_coefficient,
     )
+    set_seed(spec.hyperparameters.seed)  # the new scalar head is random: same on every rank and every run
     try:
         model: Any = AutoModelForSequenceClassification.from_pretrained(
             base_dir,
@@ -101,7 +112,9 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     resume = resume_point(ckpt, spec.checkpointing.resume)
     initial: float | None = None
     initial_loss: float | None = None
-    if eval_ds is not None and resume is None:
+    # DeepSpeed below ZeRO-3 cannot evaluate before training (the engine is built by train())
+    zero_eval_ok = ds_config is None or spec.distributed.zero_stage == 3
+    if eval_ds is not None and resume is None and zero_eval_ok:
         before = trainer.evaluate()
         initial = before.get("eval_accuracy", callback.last("eval_accuracy"))
         initial_loss = before.get("eval_loss")
@@ -123,15 +136,19 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         metrics["pairwise_accuracy"] = callback.last("accuracy")  # training batches: no validation split
 
     out = local_path(config.output_uri)
-    final = trainer.accelerator.unwrap_model(trainer.model)
-    if spec.peft.method in (PeftMethod.LORA, PeftMethod.QLORA, PeftMethod.IA3):
+    if not merges:
+        trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes on the main process
+    elif is_main_process():
+        final = trainer.accelerator.unwrap_model(trainer.model)
         final.save_pretrained(out / modelio.ADAPTER_DIR)
-        final = final.merge_and_unload()
-    final.save_pretrained(out)
-    tok.save_pretrained(out)
-    modelio.write_manifest(
-        out, layout="full", task="sequence-classification", peft=spec.peft.method.value, baseModel=base_uri
-    )
+        final.merge_and_unload().save_pretrained(out)
+    if is_main_process():
+        tok.save_pretrained(out)
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; not part of the model
+        modelio.write_manifest(
+            out, layout="full", task="sequence-classification", peft=spec.peft.method.value, baseModel=base_uri
+        )
+    trainer.accelerator.wait_for_everyone()
     acc = metrics.get("pairwise_accuracy")
     return finish(
         config,

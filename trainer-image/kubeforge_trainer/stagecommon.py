@@ -98,19 +98,28 @@ def checkpoint_dir(config: StageConfig) -> Path:
 
 
 def resume_point(ckpt_dir: Path, resume: bool) -> str | None:
-    """Newest complete checkpoint to resume from (None for a fresh run)."""
+    """Newest complete checkpoint to resume from (None for a fresh run).
+
+    The Trainer writes `trainer_state.json` last, so a checkpoint without it was cut off mid-save (pod
+    killed): it is skipped and the previous complete one is used.
+    """
     if not resume:
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(ckpt_dir))  # type: ignore[no-untyped-call]
-    if last is None:
-        return None
-    if not (Path(last) / "trainer_state.json").is_file():  # killed mid-save: ignore the partial one
-        return None
-    if is_main_process():
-        print(f"kubeforge: resuming from checkpoint {last}", file=sys.stderr, flush=True)
-    return str(last)
+    found = sorted(
+        (p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for path in found:
+        if (path / "trainer_state.json").is_file():
+            if is_main_process():
+                skipped = [p.name for p in found if int(p.name.split("-")[-1]) > int(path.name.split("-")[-1])]
+                note = f" (skipping partial {', '.join(skipped)})" if skipped else ""
+                print(f"kubeforge: resuming from checkpoint {path}{note}", file=sys.stderr, flush=True)
+            return str(path)
+    if found and is_main_process():
+        print(f"kubeforge: no complete checkpoint in {ckpt_dir}; starting fresh", file=sys.stderr, flush=True)
+    return None
 
 
 def checkpoint_uris(config: StageConfig, ckpt_dir: Path) -> list[str]:

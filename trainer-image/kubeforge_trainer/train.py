@@ -2,7 +2,9 @@
 
 pretrain: `text` records, from an HF model or from spec.model.architecture (with a byte-level BPE
 tokenizer trained on the training split when spec.tokenizer.trainVocabSize is set or no tokenizer
-is given). sft: `prompt`/`completion` (completion-only loss) or `messages` (chat template) records.
+is given). sft: `prompt`/`completion` (completion-only loss) or `messages` (chat template; loss on the
+assistant turns only when the template marks them with `{% generation %}` or TRL knows how to patch it,
+else on the whole conversation with a warning) records.
 Full fine-tuning, freeze-N, LoRA/QLoRA, prefix, prompt tuning and IA3 through peft. The artifact
 layout is described in modelio.
 """
@@ -10,6 +12,7 @@ layout is described in modelio.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,33 @@ def count_trainable(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+def assistant_only_loss(tok: Any) -> bool:
+    """Whether TRL can mask chat data to the assistant turns with this tokenizer's chat template.
+
+    True when the template has `{% generation %}` markers (Kubeforge's default template does) or is one
+    TRL ships a training variant of; otherwise the whole conversation is trained on (printed as a warning).
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tok.chat_template
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    if has_generation_markers(template or ""):
+        return True
+    try:
+        get_training_chat_template(tok)
+    except (ValueError, TypeError) as exc:
+        print(
+            f"kubeforge: warning: the chat template cannot mark assistant turns ({str(exc).splitlines()[0][:200]}); "
+            "training on whole conversations. Add {% generation %}...{% endgeneration %} around the assistant "
+            "content (spec.tokenizer.uri) to train on assistant turns only",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    return True
+
+
 def _tokenizer(spec: TrainingJobSpec, train_ds: Any, base_loc: str | None, scratch: Path) -> tuple[Any, str]:
     """(tokenizer, a directory holding it) per spec.tokenizer."""
     arch = spec.model.architecture
@@ -104,14 +134,17 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     base_loc = modelio.model_location(base_uri) if base_uri else None
     ckpt = checkpoint_dir(config)
     tok, tok_loc = _tokenizer(spec, train_ds, base_loc, ckpt)
+    assistant_only = False
     if "messages" in cols:
         modelio.ensure_chat_template(tok)
+        assistant_only = assistant_only_loss(tok)
 
     args = SFTConfig(
         **training_kwargs(spec, config, ckpt, has_eval=eval_ds is not None, deepspeed=ds_config),
         max_length=hp.max_length,
         dataset_text_field="text",
         packing=False,
+        assistant_only_loss=assistant_only,
     )
 
     if spec.model.architecture is not None:
@@ -159,6 +192,8 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         "total_params": float(total),
         "tokens_per_second": callback.tokens_per_second,
     }
+    if "messages" in cols:
+        metrics["assistant_only_loss"] = float(assistant_only)
     if eval_ds is not None:
         ev = trainer.evaluate()
         metrics["eval_loss"] = ev.get("eval_loss")

@@ -1,11 +1,11 @@
-"""RewardModel → ConfigMap + Job running the `reward` stage."""
+"""RewardModel → ConfigMap + Job (Indexed Job + headless Service when distributed) running the `reward` stage."""
 
 from __future__ import annotations
 
 from ..api.v1alpha1 import RewardModel
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageConfig, build_stage_config
-from .common import Manifest, get_stage_workload
+from .common import Manifest, get_deepspeed_config, get_stage_workload
 
 
 def get_stage_config(
@@ -18,8 +18,9 @@ def get_stage_config(
 def get_children(
     resource: RewardModel, inputs: dict[str, ResolvedInput], settings: OperatorSettings
 ) -> list[Manifest]:
-    """Everything the stage needs, in creation order."""
+    """Everything the stage needs, in creation order; DeepSpeed JSON in the ConfigMap when requested."""
     spec = resource.spec
+    deepspeed = get_deepspeed_config(spec) if spec.distributed.strategy == "deepspeed" else None
     return get_stage_workload(
         resource,
         get_stage_config(resource, inputs, settings),
@@ -28,4 +29,6 @@ def get_children(
         resources=spec.resources,
         backoff_limit=spec.backoff_limit,
         output=spec.output,
+        distributed=spec.distributed,
+        deepspeed=deepspeed,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,23 +13,49 @@ import kopf
 
 from .. import metrics
 from ..builders.common import MANAGED_BY
-from . import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
+from . import (
+    common,
+    dataset,
+    deps,
+    evaluation,
+    kube,
+    modeldeployment,
+    resync,
+    rewardmodel,
+    rlhfjob,
+    stages,
+    trainingjob,
+)
 
-__all__ = ["common", "dataset", "evaluation", "modeldeployment", "rewardmodel", "rlhfjob", "trainingjob"]
+__all__ = [
+    "common", "dataset", "deps", "evaluation", "kube", "modeldeployment", "resync", "rewardmodel", "rlhfjob",
+    "stages", "trainingjob",
+]
 
 
 @kopf.on.startup()
 async def startup(
     settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Read settings, size the API thread pool, start /metrics, quiet kopf's own Event posting."""
+    """Read settings, size the API thread pool, start /metrics and the resync loop, set up Event posting."""
     s = common.configure()
-    # kopf would post every "Timer 'poll' succeeded" log line as an Event; our transitions post their own.
+    # kopf would post every handler's log line as an Event; our transitions post their own.
     settings.posting.level = logging.WARNING
-    # No finalizers: children carry owner references and nothing outside Kubernetes needs cleaning.
+    settings.posting.reporting_component = common.COMPONENT
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or socket.gethostname()
+    settings.posting.event_name_prefix = "kubeforge-"
+    # No finalizers: children carry owner references, nothing outside Kubernetes needs cleaning, and no
+    # handler requires one (no on.delete, no timers or daemons: resync.py). kopf removes a finalizer of
+    # this name from objects that have one but need none, which frees objects an older release marked.
     settings.persistence.finalizer = "kubeforge.io/unused"
-    settings.queueing.worker_limit = 64
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))
+    # No queueing.worker_limit: kopf indices on every kind need a worker per object until all indices are
+    # filled, so a limit below the object count freezes a restarted operator (kopf's indexing deadlock),
+    # and idle workers keep their slot for queueing.idle_timeout, which throttles throughput to
+    # limit / idle_timeout objects per second. Unlimited workers cost one idle asyncio task per object.
+    settings.queueing.worker_limit = None
+    executor = ThreadPoolExecutor(max_workers=kube.API_THREADS, thread_name_prefix="kube")
+    asyncio.get_running_loop().set_default_executor(executor)
+    resync.reset()  # the loop starts with the first watch event (resync.ensure_started)
     try:
         if metrics.start_server(s.metrics_port):
             logger.info(f"metrics on :{s.metrics_port}/metrics")
@@ -35,6 +63,12 @@ async def startup(
         logger.warning(f"metrics port {s.metrics_port} unavailable ({exc}); set KUBEFORGE_METRICS_PORT")
     if s.test_hooks:
         logger.warning("KUBEFORGE_TEST_HOOKS is on: stage results are accepted from kubeforge.io/result annotations")
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    """Stop the resync loop."""
+    await resync.stop()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id="wake-owner")

@@ -29,6 +29,13 @@ PLURALS = {
     **{kind: model.PLURAL for kind, model in KINDS.items()},
 }
 
+# Threads that run blocking API calls (the event loop's default executor, set at startup) and the size of
+# the shared connection pool: more connections than threads, so a thread never waits for (or discards) one.
+API_THREADS = 32
+CONNECTION_POOL_SIZE = 2 * API_THREADS
+# Seconds one request may take (connect + read); a hung API server fails the pass, which is retried.
+REQUEST_TIMEOUT = 10.0
+
 _lock = threading.Lock()
 _client: client.ApiClient | None = None
 
@@ -39,20 +46,30 @@ class KubeError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        self.message = message
+
+
+def is_rejection(exc: KubeError) -> bool:
+    """The API server refused the object itself (400 bad request, 403 forbidden, 422 invalid): resending the
+    same object cannot succeed. A 403 for an exceeded ResourceQuota is not one: it clears as quota frees up."""
+    return exc.status in (400, 403, 422) and "exceeded quota" not in exc.message
 
 
 def api_client() -> client.ApiClient:
-    """One shared client: in-cluster config when inside a pod, else KUBECONFIG / ~/.kube/config."""
+    """One shared client: in-cluster config when inside a pod, else KUBECONFIG / ~/.kube/config.
+
+    urllib3 sizes the pool when the ApiClient is built, so the size goes into the Configuration first.
+    """
     global _client
     with _lock:
         if _client is None:
+            cfg = type.__call__(client.Configuration)  # a fresh one, not a copy of the process default
             try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-                _client = client.ApiClient()
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             except config.ConfigException:
-                _client = config.new_client_from_config()  # type: ignore[no-untyped-call]
-            pool = _client.configuration
-            pool.connection_pool_maxsize = max(pool.connection_pool_maxsize or 0, 32)
+                config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            cfg.connection_pool_maxsize = CONNECTION_POOL_SIZE
+            _client = client.ApiClient(configuration=cfg)
         return _client
 
 
@@ -83,7 +100,7 @@ def _request(
     url = api.configuration.host + url_path + (f"?{urlencode(query)}" if query else "")
     headers = {"Accept": "application/json", "Content-Type": content_type}
     api.update_params_for_auth(headers, None, ["BearerToken"], url_path, method, body)
-    resp = api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+    resp = api.call_api(method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT)
     data = resp.read()  # type: ignore[no-untyped-call]
     if resp.status >= 300:
         try:

@@ -19,7 +19,7 @@ from ..api.v1alpha1.common import now_rfc3339
 from ..builders import modeldeployment as builders
 from ..builders.common import child_name
 from ..stage import output_uri
-from . import common, kube
+from . import common, deps, kube, stages
 
 PLURAL = "modeldeployments"
 
@@ -36,22 +36,34 @@ def _render(build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         raise _Refused(str(exc)) from exc
 
 
+async def _apply(child: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply of one serving child; a permanent refusal becomes ChildRejected."""
+    try:
+        return await kube.apply(child)
+    except kube.KubeError as exc:
+        if (refused := stages.rejected(child, exc)) is not None:
+            raise refused from exc
+        raise
+
+
 async def _conversion(
-    w: common.StatusWriter, md: ModelDeployment, report: common.DependencyReport
+    w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport
 ) -> str | None:
     """Drive the conversion Job; returns the model repository URI once exported."""
     s = common.settings()
     job_name = child_name(md, "convert")
-    job = await common.get_job(md.namespace, job_name)
+    job = await stages.get_job(md.namespace, job_name)
     if job is None:
         children = _render(lambda: builders.get_conversion_children(md, report.inputs, s))
-        await common.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
-        await common.create_children(children)
+        await stages.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
+        await stages.create_children(children)
         w.fields["jobName"] = job_name
         w.fields["lineage"] = list(common.iter_lineage(report.inputs))
         w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
         w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
+    if (w.condition(common.JOB_CREATED) or {}).get("observedGeneration") != w.generation:
+        w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
     exported = w.condition(common.MODEL_EXPORTED)
     if exported and exported.get("observedGeneration") == w.generation and exported.get("status") == "True":
         repo = (w.body.get("status") or {}).get("modelRepository")
@@ -61,7 +73,7 @@ async def _conversion(
     if state == "Running":
         w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
-    result, text = await common.read_result(job, s.test_hooks)
+    result, text = await stages.read_result(job, s.test_hooks)
     if state == "Failed" or (result is not None and not result.succeeded):
         why = (result.message if result is not None else "") or text or message
         w.set(common.MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
@@ -97,7 +109,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
         ))
     applied: dict[str, dict[str, Any]] = {}
     for child in children:
-        applied[child["metadata"]["name"] + "/" + child["kind"]] = await kube.apply(child)
+        applied[child["metadata"]["name"] + "/" + child["kind"]] = await _apply(child)
     if not canary:
         await kube.delete("apps/v1", "Deployment", md.namespace, builders.deployment_name(md, builders.CANARY))
         if served != version:
@@ -116,7 +128,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
             started = common.parse_time(since) or datetime.now(UTC)
             if (datetime.now(UTC) - started).total_seconds() >= md.spec.rollout.promote_after_seconds:
                 for child in builders.get_serving_children(md, s, stable_version=version, stable_repository=repo):
-                    applied[child["metadata"]["name"] + "/" + child["kind"]] = await kube.apply(child)
+                    applied[child["metadata"]["name"] + "/" + child["kind"]] = await _apply(child)
                 await kube.delete("apps/v1", "Deployment", md.namespace,
                                   builders.deployment_name(md, builders.CANARY))
                 msg = f"canary {version} promoted to stable"
@@ -151,9 +163,9 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
             w.flush(patch)
             return
         assert isinstance(resource, ModelDeployment)
-        report = await common.resolve_dependencies(resource, common.settings().store_root)
-        if not common.apply_dependency_conditions(w, report, resource.kind, common.READY):
-            if not report.failed:
+        report = await deps.resolve_dependencies(resource, common.settings().store_root)
+        if not deps.apply_dependency_conditions(w, report, resource.kind, common.READY):
+            if not (report.failed or report.cycle):
                 w.set(common.READY, "False", "WaitingForDependencies", report.waiting_message())
             box["outcome"] = "waiting"
             w.flush(patch)
@@ -162,6 +174,11 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
             repo = await _conversion(w, resource, report)
         except _Refused as exc:
             w.set(common.READY, "False", "InvalidSpec", str(exc))
+            box["outcome"] = "invalid"
+            w.flush(patch)
+            return
+        except stages.ChildRejected as exc:
+            w.set(common.READY, "False", "ChildRejected", str(exc))
             box["outcome"] = "invalid"
             w.flush(patch)
             return
@@ -184,6 +201,9 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
                 except _Refused as exc:
                     w.set(common.READY, "False", "InvalidSpec", str(exc))
                     box["outcome"] = "invalid"
+                except stages.ChildRejected as exc:
+                    w.set(common.READY, "False", "ChildRejected", str(exc))
+                    box["outcome"] = "invalid"
             elif exported.get("status") == "False":
                 w.set(common.READY, "False", "ConversionFailed", str(exported.get("message", "")))
                 box["outcome"] = "failed"
@@ -200,26 +220,18 @@ common.register("ModelDeployment", reconcile_md)
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
 async def reconcile(body: kopf.Body, **_: Any) -> None:
-    """Create/update/resume: one reconcile pass."""
-    await common.run_pass(body)
+    """Create/update/resume: one reconcile pass.
 
-
-@kopf.timer(
-    GROUP, VERSION, PLURAL, id="poll", interval=common.settings().poll_interval,
-    initial_delay=common.settings().poll_interval,
-)
-async def poll(body: kopf.Body, **_: Any) -> None:
-    """Serving is never finished: Triton readiness and canary promotion are time-based, so keep looking.
-
-    The conversion Job and the gate Evaluations wake this object by events as well.
+    Serving is never finished (Triton readiness and canary promotion are time-based): resync.py passes every
+    ModelDeployment each poll interval, without a kopf timer (which would add a finalizer).
     """
     await common.run_pass(body)
 
 
-kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + common.INDEX_SUFFIX)(common.index_dependencies)
+kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + deps.INDEX_SUFFIX)(deps.index_dependencies)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
 async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Metrics gauge and cache (a ModelDeployment has no dependents, but stays uniform)."""
-    await common.on_object_event(body, type, common.READY, kwargs)
+    await deps.on_object_event(body, type, common.READY, kwargs)

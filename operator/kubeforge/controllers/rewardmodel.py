@@ -8,13 +8,13 @@ import kopf
 
 from ..api.v1alpha1 import GROUP, VERSION
 from ..builders import rewardmodel as builders
-from . import common
+from . import common, deps, stages
 
 PLURAL = "rewardmodels"
 
 
 async def _pass(body: dict[str, Any], patch: kopf.Patch) -> None:
-    await common.reconcile_stage(body, patch, builder=builders.get_children, lift=common.lift_workload)
+    await stages.reconcile_stage(body, patch, builder=builders.get_children, lift=stages.lift_workload)
 
 
 common.register("RewardModel", _pass)
@@ -24,23 +24,17 @@ common.register("RewardModel", _pass)
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
 async def reconcile(body: kopf.Body, **_: Any) -> None:
-    """Create/update/resume: one reconcile pass (idempotent, so resume after restart is safe)."""
+    """Create/update/resume: one reconcile pass (idempotent, so resume after restart is safe).
+
+    No timer (a kopf timer would add a finalizer): resync.py is the safety net.
+    """
     await common.run_pass(body)
 
 
-@kopf.timer(
-    GROUP, VERSION, PLURAL, id="poll", interval=common.resync_interval(), idle=common.resync_interval(),
-    initial_delay=common.resync_interval(), when=common.unsettled,
-)
-async def poll(body: kopf.Body, **_: Any) -> None:
-    """Safety net only: finished Jobs and dependencies wake this object through events."""
-    await common.run_pass(body)
-
-
-kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + common.INDEX_SUFFIX)(common.index_dependencies)
+kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + deps.INDEX_SUFFIX)(deps.index_dependencies)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
 async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Metrics gauge, body cache, and a wake-up for dependents when Succeeded/Passed moved."""
-    await common.on_object_event(body, type, common.SUCCEEDED, kwargs)
+    await deps.on_object_event(body, type, common.SUCCEEDED, kwargs)

@@ -128,7 +128,7 @@ def status_from_result(kind: str, result: StageResult, inputs: dict[str, Resolve
         details.pop("passed", None)
         if result.metrics is not None:
             out["metrics"] = result.metrics
-        for k in ("sampleCount", "reportUri", "failedThresholds"):
+        for k in ("sampleCount", "reportUri", "failedThresholds", "variants"):
             if k in details:
                 out[k] = details.pop(k)
     elif kind == "ModelDeployment":
@@ -211,6 +211,8 @@ class Runner:
         if node.resource.kind == "Evaluation":
             spec: Any = node.resource.spec  # type: ignore[attr-defined]
             state.main_metric = str((spec.thresholds[0].metric if spec.thresholds else spec.metrics[0]).value)
+            if spec.thresholds and spec.thresholds[0].variant:  # gated on a prompt variant: `metric[variant]`
+                state.main_metric += f"[{spec.thresholds[0].variant}]"
         cond = state.condition("Succeeded")
         if cond is not None and cond.reason == "Running" and not pid_alive(state.pid):
             state.set_condition("Succeeded", "Unknown", "Interrupted",

@@ -7,7 +7,7 @@ is reported with the manifest file and the field, and nothing has been trained y
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -145,6 +145,133 @@ def local_source_files(resource: KubeResource) -> list[Path]:
     return files
 
 
+def compatibility_problems(items: Sequence[tuple[KubeResource, str]]) -> list[str]:
+    """Checks across objects that admission cannot make, one line per problem (`label: field: ...`).
+
+    An Evaluation whose Dataset is among `items` must read records its taskType understands (a
+    multiple-choice Evaluation needs a multiple-choice Dataset, numeric-answer a question-answer one)
+    and splits the Dataset fills (the evaluated split and every few-shot split); a TrainingJob's method
+    must fit its Dataset's task; a derived Dataset may only map columns its parent writes.
+    """
+    from ..api.v1alpha1.evaluation import DATASET_TASKS
+
+    found: dict[tuple[str, str], list[KubeResource]] = {}
+    for r, _ in items:
+        if r.kind == "Dataset":
+            found.setdefault((r.namespace, r.name), []).append(r)
+    # a name defined twice (several pipelines validated together) is ambiguous: not checked here
+    datasets = {k: v[0] for k, v in found.items() if len(v) == 1}
+    problems: list[str] = []
+    for resource, label in items:
+        if resource.kind != "Evaluation":
+            continue
+        spec: Any = resource.spec  # type: ignore[attr-defined]
+        ns = spec.dataset.namespace or resource.namespace
+        ds = datasets.get((ns, spec.dataset.name))
+        if ds is None:
+            continue
+        ds_spec: Any = ds.spec  # type: ignore[attr-defined]
+        allowed = DATASET_TASKS[spec.task_type]
+        if ds_spec.task not in allowed:
+            problems.append(
+                f"{label}: spec.dataset.name: Dataset/{ds.name} has task {ds_spec.task.value}, which cannot feed "
+                f"taskType {spec.task_type.value}; it needs a Dataset with task "
+                f"{' or '.join(t.value for t in allowed)}"
+            )
+        fractions = {"train": ds_spec.split.train, "validation": ds_spec.split.validation, "test": ds_spec.split.test}
+        if fractions[spec.dataset.split] <= 0:
+            problems.append(
+                f"{label}: spec.dataset.split: Dataset/{ds.name} puts no records in split {spec.dataset.split} "
+                f"(its split.{spec.dataset.split} is 0); evaluate another split or give it a share"
+            )
+        for i, variant in enumerate(spec.prompts or []):
+            fs = variant.few_shot
+            if fs.shots and fractions[fs.split] <= 0:
+                problems.append(
+                    f"{label}: spec.prompts[{i}].fewShot.split: Dataset/{ds.name} puts no records in split "
+                    f"{fs.split} (its split.{fs.split} is 0); draw exemplars from a split it fills"
+                )
+    return problems + training_problems(items) + derived_dataset_problems(items)
+
+
+def training_problems(items: Sequence[tuple[KubeResource, str]]) -> list[str]:
+    """A TrainingJob whose Dataset is among `items` must train a method that fits the Dataset's task
+    (sft on a classification Dataset would silently drop the labels: method classification trains them)."""
+    from ..api.v1alpha1.trainingjob import dataset_task_problem
+
+    found: dict[tuple[str, str], list[KubeResource]] = {}
+    for r, _ in items:
+        if r.kind == "Dataset":
+            found.setdefault((r.namespace, r.name), []).append(r)
+    # a name defined twice (several pipelines validated together) is ambiguous: not checked here
+    datasets = {k: v[0] for k, v in found.items() if len(v) == 1}
+    problems: list[str] = []
+    for resource, label in items:
+        if resource.kind != "TrainingJob":
+            continue
+        spec: Any = resource.spec  # type: ignore[attr-defined]
+        ds = datasets.get((spec.dataset.namespace or resource.namespace, spec.dataset.name))
+        if ds is None:
+            continue
+        ds_spec: Any = ds.spec  # type: ignore[attr-defined]
+        why = dataset_task_problem(spec.method, ds.name, ds_spec.task, bool(ds_spec.processing.chat_template))
+        if why:
+            problems.append(f"{label}: spec.method: {why}")
+    return problems
+
+
+def dataset_output_columns(spec: Any) -> set[str]:
+    """Columns a Dataset's splits can hold: its task's fields, the optional ones, `text` from a chat template."""
+    from ..api.v1alpha1.dataset import OPTIONAL_COLUMNS, TASK_COLUMNS, DatasetTask
+
+    cols = set(TASK_COLUMNS[spec.task]) | set(OPTIONAL_COLUMNS.get(spec.task, ()))
+    if spec.task == DatasetTask.CHAT and spec.processing.chat_template:
+        cols.add("text")
+    return cols
+
+
+def derived_dataset_problems(items: Sequence[tuple[KubeResource, str]]) -> list[str]:
+    """A Dataset derived from another (source.fromDataset) can only map columns its parent writes."""
+    from ..api.v1alpha1.dataset import TASK_COLUMNS, DatasetTask
+
+    found: dict[tuple[str, str], list[KubeResource]] = {}
+    for r, _ in items:
+        if r.kind == "Dataset":
+            found.setdefault((r.namespace, r.name), []).append(r)
+    # a name defined twice (several pipelines validated together) is ambiguous: not checked here
+    datasets = {k: v[0] for k, v in found.items() if len(v) == 1}
+    problems: list[str] = []
+    for resource, label in items:
+        spec: Any = resource.spec  # type: ignore[attr-defined]
+        if resource.kind != "Dataset" or spec.source.from_dataset is None:
+            continue
+        parent = datasets.get((resource.namespace, spec.source.from_dataset.name))
+        if parent is None:
+            continue
+        p_spec: Any = parent.spec  # type: ignore[attr-defined]
+        have = dataset_output_columns(p_spec)
+        wanted: list[tuple[str, str]] = []
+        for f in TASK_COLUMNS[spec.task]:
+            if f == "choices" and spec.columns.choice_columns:
+                wanted += [(f"choiceColumns[{i}]", c) for i, c in enumerate(spec.columns.choice_columns)]
+            else:
+                wanted.append((f, getattr(spec.columns, f) or f))
+        for f in ("subject", "rationale"):
+            explicit = getattr(spec.columns, f, None)
+            if explicit is not None and spec.task in (DatasetTask.MULTIPLE_CHOICE, DatasetTask.QUESTION_ANSWER):
+                wanted.append((f, explicit))
+        for f, column in wanted:
+            if column in have:
+                continue
+            fix = f"set spec.columns.{f.split('[')[0]}" if column == f else f"fix spec.columns.{f}"
+            problems.append(
+                f"{label}: spec.columns.{f}: column {column!r} is not in the output of Dataset/{parent.name} "
+                f"(task {p_spec.task.value}: columns {', '.join(sorted(have))}); {fix} to one of those, or read "
+                "the raw data with spec.source.uris"
+            )
+    return problems
+
+
 class Pipeline:
     """The validated objects of a run and their dependency order."""
 
@@ -165,6 +292,7 @@ class Pipeline:
                     f"{node.label}: {path}: unknown reference {dep.ref} in namespace {dep.namespace}{hint}; "
                     f"add its manifest with another -f or fix the name"
                 )
+        problems += compatibility_problems([(n.resource, n.label) for n in self.nodes.values()])
         if problems:
             raise ManifestError(problems)
 

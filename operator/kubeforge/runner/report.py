@@ -56,7 +56,14 @@ def key_metric(state: ResourceState) -> str:
     if state.kind == "Evaluation":
         passed = state.condition("Passed")
         head = {"True": "passed", "False": "FAILED"}.get(passed.status.value, "") if passed else ""
-        name = state.main_metric if state.main_metric in metrics else next(iter(metrics), None)
+        main = state.main_metric or ""
+        if main.endswith("]") and "[" in main:  # `metric[variant]`: the gated variant's value
+            metric, variant = main[:-1].split("[", 1)
+            for v in st.get("variants") or []:
+                value = (v.get("metrics") or {}).get(metric) if isinstance(v, dict) else None
+                if v.get("name") == variant and isinstance(value, int | float):
+                    return f"{head} {main}={value:.3f}".strip()
+        name = main if main in metrics else next(iter(metrics), None)
         return f"{head} {name}={metrics[name]:.3f}".strip() if name else head
     if state.kind == "ModelDeployment":
         ep = (st.get("endpoints") or {}).get("http")
@@ -133,8 +140,8 @@ def describe(state: ResourceState, log_path: Path | None = None) -> RenderableTy
         parts.append(t)
     extra = {
         k: v for k, v in state.status.items()
-        if k in ("metrics", "counts", "removed", "failedThresholds", "sampleCount", "endpoints", "conversion",
-                 "modelRepository", "progress", "smoke")
+        if k in ("metrics", "variants", "counts", "removed", "failedThresholds", "sampleCount", "endpoints",
+                 "conversion", "modelRepository", "progress", "smoke")
     }
     if extra:
         t = Table(title="Status", box=None, title_justify="left", header_style="bold")
@@ -329,6 +336,43 @@ def _table_html(states: list[ResourceState]) -> str:
     )
 
 
+def variant_table(state: ResourceState) -> tuple[list[str], list[tuple[str, dict[str, float]]]] | None:
+    """(metric names, [(variant, metrics)]) of an Evaluation scored with prompt variants, else None."""
+    variants = state.status.get("variants")
+    if state.kind != "Evaluation" or not isinstance(variants, list) or not variants:
+        return None
+    rows = [(str(v.get("name", "")), dict(v.get("metrics") or {})) for v in variants if isinstance(v, dict)]
+    names: list[str] = []
+    for _, vals in rows:
+        names += [k for k in vals if k not in names]
+    return names, rows
+
+
+def _variants_html(states: list[ResourceState]) -> str | None:
+    """One table per Evaluation with prompt variants: a row per variant, a column per metric."""
+    parts = []
+    for s in states:
+        table = variant_table(s)
+        if table is None:
+            continue
+        names, rows = table
+        gated = {str(t) for t in s.status.get("failedThresholds") or []}
+        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+        body = "".join(
+            f"<tr><td>{html.escape(v)}{' (default)' if i == 0 else ''}</td>"
+            + "".join(
+                f"<td>{vals[n]:.4g}</td>" if isinstance(vals.get(n), int | float) else "<td>-</td>" for n in names
+            )
+            + "</tr>"
+            for i, (v, vals) in enumerate(rows)
+        )
+        failed = f"<p class='bad'>failed: {html.escape('; '.join(sorted(gated)))}</p>" if gated else ""
+        parts.append(
+            f"<h3>{html.escape(ref(s))}</h3><table><tr><th>variant</th>{head}</tr>{body}</table>{failed}"
+        )
+    return "".join(parts) or None
+
+
 def write_html(store: StateStore, states: list[ResourceState] | None = None, path: Path | None = None) -> Path:
     """`.kubeforge/report.html`: summary, loss curves, reward accuracy, evaluation, data, serving, lineage."""
     import matplotlib
@@ -343,6 +387,7 @@ def write_html(store: StateStore, states: list[ResourceState] | None = None, pat
         "Evaluation metrics",
         _bar_plots([(ref(s), s.status.get("metrics") or {}) for s in states if s.kind == "Evaluation"], "metrics"),
     ))
+    sections.append(("Evaluation prompt variants (variant x metric)", _variants_html(states)))
     ds_counts = [(ref(s), s.status.get("counts") or {}) for s in states if s.kind == "Dataset"]
     ds_removed = [(ref(s), s.status.get("removed") or {}) for s in states if s.kind == "Dataset"]
     sections.append(("Dataset records per split", _bar_plots(ds_counts, "records")))

@@ -20,7 +20,16 @@ VERSION = "v1alpha1"
 API_VERSION: Literal["kubeforge.io/v1alpha1"] = "kubeforge.io/v1alpha1"
 
 DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# A Kubernetes resource.Quantity (k8s.io/apimachinery/pkg/api/resource): a decimal number, then a binary
+# (Ki..Ei), decimal (n, u, m, k, M..E) or exponent (e3, E-2) suffix. Requests and sizes take no sign.
+_QUANTITY_NUMBER = r"(([0-9]+([.][0-9]*)?)|([.][0-9]+))"
+QUANTITY = rf"^[+-]?{_QUANTITY_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?{_QUANTITY_NUMBER}))?$"
+RESOURCE_QUANTITY = rf"^{_QUANTITY_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?{_QUANTITY_NUMBER}))?$"
+# Longest URI, image reference or free-form location string accepted (keeps objects and CEL costs bounded).
+MAX_URI = 4096
+# Object names become Job/Service names and the value of the kubeforge.io/owner label: at most 63 characters.
+MAX_NAME = 63
+MSG_NAME_LENGTH = f"metadata.name must be at most {MAX_NAME} characters (it names the object's Jobs and labels)"
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123)]
 
@@ -132,6 +141,7 @@ class ModelSource(KubeModel):
     uri: str | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_URI,
         description=(
             "Model location: a Hugging Face id (`org/name` or `hf://org/name`), `s3://bucket/prefix`, "
             "`pvc://claim/path` or `file:///path` to an HF-format directory."
@@ -141,7 +151,9 @@ class ModelSource(KubeModel):
     architecture: ArchitectureConfig | None = Field(
         default=None, description="Initialise a new model from this architecture (training from scratch)."
     )
-    revision: str | None = Field(default=None, description="Hub revision or commit when `uri` is a hub id.")
+    revision: str | None = Field(
+        default=None, max_length=256, description="Hub revision or commit when `uri` is a hub id."
+    )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code from the model repository.")
 
     model_config = ConfigDict(
@@ -166,7 +178,10 @@ class TokenizerSource(KubeModel):
     """Tokenizer: an existing one, or one trained on the input Dataset."""
 
     uri: str | None = Field(
-        default=None, description="Tokenizer location (same forms as model uri); defaults to the model's own."
+        default=None,
+        min_length=1,
+        max_length=MAX_URI,
+        description="Tokenizer location (same forms as model uri); defaults to the model's own.",
     )
     train_vocab_size: int | None = Field(
         default=None,
@@ -205,6 +220,7 @@ class StorageLocation(KubeModel):
 
     uri: str | None = Field(
         default=None,
+        max_length=MAX_URI,
         pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[^/]+(/.*)?|file:///.*)$",
         description=(
             "Artifact location: `pvc://claim/sub/path`, `s3://bucket/prefix` or `file:///path`. "
@@ -212,7 +228,9 @@ class StorageLocation(KubeModel):
         ),
     )
     s3_secret: SecretKeyRef | None = Field(default=None, description="Credentials for `s3://` locations.")
-    s3_endpoint: str | None = Field(default=None, description="Custom S3 endpoint URL (MinIO, Ceph, ...).")
+    s3_endpoint: str | None = Field(
+        default=None, max_length=MAX_URI, description="Custom S3 endpoint URL (MinIO, Ceph, ...)."
+    )
 
 
 class Toleration(KubeModel):
@@ -375,7 +393,7 @@ PodAnnotations = Annotated[
     Field(max_length=16, json_schema_extra=_keys_rules(MSG_ANNOTATION_KEY, MSG_ANNOTATION_RESERVED)),
     AfterValidator(_annotation_keys),
 ]
-NodeSelector = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)]
+NodeSelector = Annotated[dict[str, LabelValue], Field(max_length=32)]
 FileMode = Annotated[int, Field(ge=0, le=0o777)]
 PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
 
@@ -441,7 +459,9 @@ class ResourceFieldSelector(KubeModel):
     container_name: str | None = Field(
         default=None, max_length=63, description="Container whose resource is read (volumes only)."
     )
-    divisor: str | None = Field(default=None, pattern=QUANTITY, description="Unit of the exposed value, e.g. `1Mi`.")
+    divisor: str | None = Field(
+        default=None, max_length=64, pattern=RESOURCE_QUANTITY, description="Unit of the exposed value, e.g. `1Mi`."
+    )
 
 
 class EnvVarSource(KubeModel):
@@ -533,7 +553,9 @@ class EmptyDirVolumeSource(KubeModel):
     medium: Literal["", "Memory"] | None = Field(
         default=None, description="`Memory` for a tmpfs (counts against the memory limit); default node disk."
     )
-    size_limit: str | None = Field(default=None, pattern=QUANTITY, description="Largest size, e.g. `10Gi`.")
+    size_limit: str | None = Field(
+        default=None, max_length=64, pattern=RESOURCE_QUANTITY, description="Largest size, e.g. `10Gi`."
+    )
 
 
 class PersistentVolumeClaimVolumeSource(KubeModel):
@@ -782,12 +804,16 @@ class Resources(KubeModel):
     """Compute for the stage's pods."""
 
     gpu: int = Field(default=0, ge=0, le=64, description="GPUs per pod (`nvidia.com/gpu`).")
-    gpu_type: str | None = Field(
+    gpu_type: LabelValue | None = Field(
         default=None,
         description="GPU product to schedule on (matched against the `nvidia.com/gpu.product` node label).",
     )
-    cpu: str = Field(default="1", pattern=QUANTITY, description="CPU request (Kubernetes quantity).")
-    memory: str = Field(default="4Gi", pattern=QUANTITY, description="Memory request (Kubernetes quantity).")
+    cpu: str = Field(
+        default="1", max_length=64, pattern=RESOURCE_QUANTITY, description="CPU request (Kubernetes quantity)."
+    )
+    memory: str = Field(
+        default="4Gi", max_length=64, pattern=RESOURCE_QUANTITY, description="Memory request (Kubernetes quantity)."
+    )
     node_selector: NodeSelector | None = Field(default=None, description="Node labels the pods must match.")
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = Field(
         default=None, description="Taints the pods tolerate."
@@ -795,7 +821,7 @@ class Resources(KubeModel):
     priority_class_name: PriorityClassName | None = Field(
         default=None, description="PriorityClass of the pods (not a system-* class)."
     )
-    queue_name: str | None = Field(
+    queue_name: LabelValue | None = Field(
         default=None, description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the Job."
     )
     pod_overrides: PodOverrides | None = Field(
@@ -915,7 +941,7 @@ class Peft(KubeModel):
     )
     num_virtual_tokens: int = Field(default=8, ge=1, le=1024, description="Virtual tokens (prefix/prompt tuning).")
     prompt_init_text: str | None = Field(
-        default=None, description="Initialise prompt-tuning embeddings from this text (else random)."
+        default=None, max_length=65536, description="Initialise prompt-tuning embeddings from this text (else random)."
     )
     freeze_layers: int = Field(default=0, ge=0, le=1024, description="Freeze embeddings and the first N blocks.")
     quant_bits: Literal[4, 8] = Field(default=4, description="Weight bits of the frozen base under QLoRA.")
@@ -1058,7 +1084,8 @@ class KubeResource(KubeModel):
     PLURAL: ClassVar[str] = ""
     SHORT_NAMES: ClassVar[list[str]] = []
     PRINTER_COLUMNS: ClassVar[list[dict[str, Any]]] = []
-    TOP_VALIDATIONS: ClassVar[list[JsonDict]] = []
+    # Rules on the whole object; CEL may read metadata.name there (and nowhere else).
+    TOP_VALIDATIONS: ClassVar[list[JsonDict]] = [cel(f"size(self.metadata.name) <= {MAX_NAME}", MSG_NAME_LENGTH)]
 
     model_config = ConfigDict(extra="forbid")
 
@@ -1067,6 +1094,13 @@ class KubeResource(KubeModel):
     )
     kind: str = Field(description="Kind of the object.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_length(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(str(value.get("name") or "")) > MAX_NAME:
+            raise ValueError(MSG_NAME_LENGTH)
+        return value
 
     @model_validator(mode="after")
     def _kind_matches(self) -> KubeResource:

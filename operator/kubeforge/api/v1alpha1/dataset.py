@@ -27,6 +27,8 @@ class DatasetTask(StrEnum):
     PREFERENCE = "preference"
     CLASSIFICATION = "classification"
     REGRESSION = "regression"
+    MULTIPLE_CHOICE = "multiple-choice"
+    QUESTION_ANSWER = "question-answer"
 
 
 # Columns each task's normalised records carry.
@@ -37,6 +39,13 @@ TASK_COLUMNS: dict[DatasetTask, tuple[str, ...]] = {
     DatasetTask.PREFERENCE: ("prompt", "chosen", "rejected"),
     DatasetTask.CLASSIFICATION: ("text", "label"),
     DatasetTask.REGRESSION: ("text", "value"),
+    DatasetTask.MULTIPLE_CHOICE: ("question", "choices", "answer"),
+    DatasetTask.QUESTION_ANSWER: ("question", "answer"),
+}
+# Columns a task keeps when the source has them (mapped explicitly, or present under the field's name).
+OPTIONAL_COLUMNS: dict[DatasetTask, tuple[str, ...]] = {
+    DatasetTask.MULTIPLE_CHOICE: ("subject", "rationale"),
+    DatasetTask.QUESTION_ANSWER: ("rationale",),
 }
 
 
@@ -93,6 +102,63 @@ class ColumnMapping(KubeModel):
     rejected: str | None = Field(default=None, description="Column with the dispreferred response.")
     label: str | None = Field(default=None, description="Column with the class label.")
     value: str | None = Field(default=None, description="Column with the regression target.")
+    question: str | None = Field(
+        default=None, description="Column with the question (multiple-choice and question-answer tasks)."
+    )
+    choices: str | None = Field(
+        default=None,
+        description=(
+            "Column holding the options as a list (or a JSON list string, e.g. from CSV) (multiple-choice task); "
+            "use `choiceColumns` when each option has its own column."
+        ),
+    )
+    choice_columns: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=26,
+        description=(
+            "Columns holding one option each, in order (e.g. `[A, B, C, D]` for MMLU's CSV files); empty cells "
+            "are dropped. Alternative to `choices`."
+        ),
+    )
+    answer: str | None = Field(
+        default=None,
+        description=(
+            "Column with the answer. multiple-choice: the option's index (0-based), letter (`A`, `B`, ...) or "
+            "text, stored as the index; question-answer: the answer text, GSM8K style `reasoning #### 42` allowed."
+        ),
+    )
+    subject: str | None = Field(
+        default=None,
+        description=(
+            "Optional column with the subject (multiple-choice), e.g. `high_school_physics`; prompts name it in "
+            "their header and few-shot exemplars can be drawn from the same subject. Kept when a `subject` "
+            "column exists even if unmapped."
+        ),
+    )
+    rationale: str | None = Field(
+        default=None,
+        description=(
+            "Optional column with worked reasoning for the answer (chain-of-thought exemplars). Kept when a "
+            "`rationale` column exists even if unmapped; question-answer records without one use the text "
+            "before `####` in the answer."
+        ),
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.choices) || !has(self.choiceColumns)", "set columns.choices or columns.choiceColumns, "
+                    "not both")
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _one_choice_source(self) -> ColumnMapping:
+        if self.choices is not None and self.choice_columns is not None:
+            raise ValueError("set columns.choices or columns.choiceColumns, not both")
+        return self
 
 
 class NearDuplicate(KubeModel):
@@ -189,7 +255,13 @@ class Split(KubeModel):
     validation: float = Field(default=0.1, ge=0, le=1, description="Fraction in the validation split.")
     test: float = Field(default=0.1, ge=0, le=1, description="Fraction in the test split.")
     seed: int = Field(default=42, ge=0, description="Shuffle seed.")
-    stratify: bool = Field(default=False, description="Keep label proportions per split (classification).")
+    stratify: bool = Field(
+        default=False,
+        description=(
+            "Split each group on its own so every split keeps the proportions: labels (classification) or "
+            "subjects (multiple-choice, so few-shot exemplars of every subject exist in train)."
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -221,7 +293,11 @@ class DatasetSpec(KubeModel):
         default="auto", description="File format; `auto` infers it from the extension."
     )
     task: DatasetTask = Field(
-        description="Record schema: text, instruction, chat, preference, classification or regression.",
+        description=(
+            "Record schema: text, instruction, chat, preference, classification, regression, multiple-choice "
+            "(`question`, `choices`, `answer` index, optional `subject`/`rationale`; MMLU style) or "
+            "question-answer (`question`, `answer`, optional `rationale`; GSM8K style)."
+        ),
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "task is immutable")]},
     )
     columns: ColumnMapping = Field(default_factory=ColumnMapping, description="Source column names.")
@@ -234,9 +310,15 @@ class DatasetSpec(KubeModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "!has(self.split) || !self.split.stratify || self.task == 'classification'",
-                    "split.stratify needs task classification",
+                    "!has(self.split) || !self.split.stratify || self.task == 'classification' || "
+                    "self.task == 'multiple-choice'",
+                    "split.stratify needs task classification or multiple-choice",
                     ".split.stratify",
+                ),
+                cel(
+                    "!has(self.columns) || !has(self.columns.choiceColumns) || self.task == 'multiple-choice'",
+                    "columns.choiceColumns needs task multiple-choice",
+                    ".columns.choiceColumns",
                 ),
                 cel(
                     "!has(self.processing) || !has(self.processing.outliers) || "
@@ -250,8 +332,10 @@ class DatasetSpec(KubeModel):
 
     @model_validator(mode="after")
     def _task_rules(self) -> DatasetSpec:
-        if self.split.stratify and self.task != DatasetTask.CLASSIFICATION:
-            raise ValueError("split.stratify needs task classification")
+        if self.split.stratify and self.task not in (DatasetTask.CLASSIFICATION, DatasetTask.MULTIPLE_CHOICE):
+            raise ValueError("split.stratify needs task classification or multiple-choice")
+        if self.columns.choice_columns is not None and self.task != DatasetTask.MULTIPLE_CHOICE:
+            raise ValueError("columns.choiceColumns needs task multiple-choice")
         if self.processing.outliers.method != "none" and self.task != DatasetTask.REGRESSION:
             raise ValueError("processing.outliers needs task regression")
         return self

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .common import (
+    MAX_URI,
     CommonStatus,
     DatasetInput,
     KubeModel,
@@ -89,7 +90,9 @@ class Triton(KubeModel):
     max_batch_size: int = Field(default=8, ge=0, le=4096, description="Largest batch Triton forms (0 = off).")
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching, description="Dynamic batching.")
     instances: int = Field(default=1, ge=1, le=64, description="Model instances per server.")
-    image: str | None = Field(default=None, description="Triton image override (default: operator setting).")
+    image: str | None = Field(
+        default=None, min_length=1, max_length=MAX_URI, description="Triton image override (default: operator setting)."
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -11,6 +11,7 @@ from .common import (
     QLORA_NEEDS_GPU,
     Checkpointing,
     DatasetInput,
+    Distributed,
     Hyperparameters,
     KubeModel,
     KubeResource,
@@ -40,6 +41,10 @@ class RewardModelSpec(KubeModel):
     precision: Precision = Field(default=Precision.BF16, description="fp32, fp16 or bf16.")
     center_rewards_coefficient: float | None = Field(
         default=None, ge=0, description="Penalty pulling mean reward to zero (TRL RewardConfig)."
+    )
+    distributed: Distributed = Field(
+        default_factory=Distributed,
+        description="Parallelism across GPUs/nodes (DDP or DeepSpeed ZeRO), as in TrainingJob.",
     )
     resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
     checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoints and resume.")

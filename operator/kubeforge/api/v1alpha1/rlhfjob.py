@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .common import (
+    MAX_URI,
     PROGRESS_COLUMNS,
     QLORA_NEEDS_GPU,
     Checkpointing,
@@ -53,7 +54,9 @@ class RewardFunction(KubeModel):
     )
     weight: float = Field(default=1.0, description="Weight of this reward in the sum.")
     target_length: int | None = Field(default=None, ge=1, description="Target completion length in characters.")
-    pattern: str | None = Field(default=None, description="Regex the completion should match (`format`).")
+    pattern: str | None = Field(
+        default=None, max_length=1024, description="Regex the completion should match (`format`)."
+    )
     keywords: list[str] | None = Field(default=None, max_length=256, description="Words to reward (`keyword`).")
 
 
@@ -68,7 +71,12 @@ class Reward(KubeModel):
     """Reward signal: a reward model and/or reward functions."""
 
     model: RewardModelRef | None = Field(default=None, description="Score completions with this RewardModel.")
-    uri: str | None = Field(default=None, description="Score with a reward model at this location instead.")
+    uri: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_URI,
+        description="Score with a reward model at this location instead.",
+    )
     functions: list[RewardFunction] | None = Field(
         default=None, max_length=16, description="Programmatic rewards added to the model's score."
     )

@@ -1,4 +1,4 @@
-"""TrainingJob: pretraining and supervised fine-tuning (full or PEFT)."""
+"""TrainingJob: pretraining, supervised fine-tuning and classification/regression fine-tuning (full or PEFT)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,62 @@ from .common import (
     cel,
     check_qlora_gpu,
 )
+from .dataset import DatasetTask
+
+TrainingMethod = Literal["pretrain", "sft", "classification", "regression"]
+
+# Dataset tasks each method trains on (the operator's DependenciesReady and `kubeforge validate` check
+# the pair: a Dataset's task is only known once both objects are seen, which CEL cannot do).
+METHOD_DATASET_TASKS: dict[str, tuple[DatasetTask, ...]] = {
+    "pretrain": (DatasetTask.TEXT, DatasetTask.CLASSIFICATION, DatasetTask.REGRESSION, DatasetTask.CHAT),
+    "sft": (DatasetTask.TEXT, DatasetTask.INSTRUCTION, DatasetTask.CHAT),
+    "classification": (DatasetTask.CLASSIFICATION,),
+    "regression": (DatasetTask.REGRESSION,),
+}
+# The method that fits a Dataset task, for the hint in a mismatch message.
+TASK_METHOD: dict[DatasetTask, str] = {
+    DatasetTask.TEXT: "pretrain",
+    DatasetTask.INSTRUCTION: "sft",
+    DatasetTask.CHAT: "sft",
+    DatasetTask.CLASSIFICATION: "classification",
+    DatasetTask.REGRESSION: "regression",
+    DatasetTask.PREFERENCE: "a RewardModel or RLHFJob (algorithm dpo)",
+    DatasetTask.MULTIPLE_CHOICE: "an Evaluation (taskType multiple-choice)",
+    DatasetTask.QUESTION_ANSWER: "sft on an instruction Dataset derived from it, or an Evaluation",
+}
+
+
+def dataset_task_problem(method: str, dataset: str, task: str, chat_template: bool = False) -> str | None:
+    """Why a TrainingJob with `method` cannot train on Dataset `dataset` of `task` (None when it can).
+
+    pretrain reads `text`, which a chat Dataset only has when it renders messages (processing.chatTemplate).
+    """
+    try:
+        dtask = DatasetTask(task)
+    except ValueError:
+        return None  # an unknown task is the Dataset's own validation error
+    allowed = METHOD_DATASET_TASKS.get(method, ())
+    if dtask in allowed and not (method == "pretrain" and dtask == DatasetTask.CHAT and not chat_template):
+        return None
+    names = "/".join(t.value for t in allowed)
+    if method == "pretrain":
+        names = "text (or classification/regression text, or chat with processing.chatTemplate)"
+    fix = TASK_METHOD.get(dtask, "another method")
+    hint = f"use method: {fix}" if fix in METHOD_DATASET_TASKS else f"use {fix}"
+    if dtask in allowed:  # pretrain on chat messages that are not rendered into text
+        hint = "set the Dataset's processing.chatTemplate, or use method: sft"
+    return f"method {method} needs a {names} Dataset; Dataset {dataset} has task {dtask.value}: {hint}"
 
 
 class TrainingJobSpec(KubeModel):
     """Desired state of a TrainingJob."""
 
-    method: Literal["pretrain", "sft"] = Field(
-        description="`pretrain` (causal LM on text) or `sft` (supervised fine-tuning on instruction/chat data).",
+    method: TrainingMethod = Field(
+        description=(
+            "`pretrain` (causal LM on text), `sft` (supervised fine-tuning on text/instruction/chat data), "
+            "`classification` (a sequence-classification head over the Dataset's labels; classification Dataset) "
+            "or `regression` (one regression output trained with MSE; regression Dataset)."
+        ),
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "method is immutable")]},
     )
     model: ModelSource = Field(description="Base model, another job's output, or an architecture to initialise.")
@@ -76,7 +125,7 @@ class TrainingJobSpec(KubeModel):
 
 
 class TrainingJob(KubeResource):
-    """Pretraining or supervised fine-tuning of a language model."""
+    """Pretraining, supervised fine-tuning, or classification/regression fine-tuning of a model."""
 
     KIND: ClassVar[str] = "TrainingJob"
     PLURAL: ClassVar[str] = "trainingjobs"

@@ -1,0 +1,287 @@
+"""Dependencies between Kubeforge objects: resolving them, reporting them, cycles, and waking dependents.
+
+A dependency's own condition message is never copied whole into a dependent's message: only its reason,
+plus its message when that message cannot itself be a copy (not a waiting/failed-dependency message), so
+messages stay bounded along chains and cycles. Cycles (`fromDataset` naming itself, A -> B -> A) are found
+by walking spec references and reported as DependenciesReady=False, reason InvalidSpec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .. import metrics
+from ..api.v1alpha1 import KubeResource
+from ..stage import Dependency, ResolvedInput, dependencies
+from . import kube, resync
+from .common import (
+    DEPENDENCIES_READY,
+    PASSED,
+    SUCCEEDED,
+    Key,
+    StatusWriter,
+    cached,
+    find_condition,
+    forget,
+    key_of,
+    last_pass,
+    plain,
+    remember,
+    track,
+    validate,
+    wake,
+    watched,
+)
+
+INDEX_SUFFIX = "_by_dependency"
+# Reasons whose messages are built from other objects' conditions: never copied into another message.
+DERIVED_REASONS = {"WaitingForDependencies", "DependencyFailed", "GatePending", "GateFailed"}
+MAX_DETAIL = 300
+MAX_CYCLE_WALK = 1000  # objects visited at most when looking for a cycle
+
+
+@dataclass
+class DependencyReport:
+    """Outcome of resolving every reference of an object."""
+
+    inputs: dict[str, ResolvedInput] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    gate_pending: list[str] = field(default_factory=list)
+    gate_failed: list[str] = field(default_factory=list)
+    cycle: list[str] = field(default_factory=list)
+    incompatible: list[str] = field(default_factory=list)  # e.g. a TrainingJob method that does not fit its Dataset
+
+    @property
+    def inputs_ready(self) -> bool:
+        return not (self.missing or self.pending or self.failed or self.cycle or self.incompatible)
+
+    def waiting_message(self) -> str:
+        parts = [f"{r} not found" for r in self.missing] + self.pending
+        return "waiting for " + "; ".join(parts)
+
+    def cycle_message(self) -> str:
+        return "dependency cycle: " + " -> ".join(self.cycle)
+
+
+def _artifact_of(dep: Dependency, obj: dict[str, Any], store_root: str) -> tuple[str, str | None]:
+    status = obj.get("status") or {}
+    artifact = status.get("artifact") or {}
+    uri = artifact.get("uri") or status.get("artifactUri")
+    digest = artifact.get("digest") or status.get("digest")
+    if not uri:
+        spec_out = ((obj.get("spec") or {}).get("output") or {}).get("uri")
+        uri = spec_out or f"{store_root.rstrip('/')}/{dep.namespace}/{dep.kind.lower()}/{dep.name}"
+    return str(uri), digest
+
+
+def _same_model(md_spec: dict[str, Any], md_ns: str, ev: dict[str, Any]) -> bool:
+    """Whether the Evaluation evaluated the model this deployment serves."""
+    want = md_spec.get("model") or {}
+    got = (ev.get("spec") or {}).get("model") or {}
+    if want.get("uri") or got.get("uri"):
+        return bool(want.get("uri") == got.get("uri"))
+    a, b = want.get("ref") or {}, got.get("ref") or {}
+    ev_ns = ev.get("metadata", {}).get("namespace")
+    return (a.get("kind"), a.get("name"), a.get("namespace") or md_ns) == (
+        b.get("kind"), b.get("name"), b.get("namespace") or ev_ns
+    )
+
+
+def detail(cond: dict[str, Any]) -> str:
+    """`Reason: message` of a dependency's condition, without text it may have copied from elsewhere."""
+    reason = str(cond.get("reason") or "")
+    message = str(cond.get("message") or "")
+    if reason in DERIVED_REASONS or not message:
+        return reason or "no reason"
+    if len(message) > MAX_DETAIL:
+        message = message[: MAX_DETAIL - 3] + "..."
+    return f"{reason}: {message}"
+
+
+async def _lookup(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    return cached(kind, namespace, name) or await kube.get_kubeforge(kind, namespace, name)
+
+
+async def find_cycle(resource: KubeResource) -> list[str]:
+    """The shortest chain of references from `resource` back to itself as `Kind/name` (empty: none).
+
+    Breadth-first over spec references, bodies from the watch cache (a GET on a miss); an object that does
+    not exist or does not parse ends its path. Names from other namespaces are written `Kind/ns/name`.
+    """
+    start: Key = (resource.kind, resource.namespace, resource.name)
+    parent: dict[Key, Key] = {}
+    frontier: list[Key] = [start]
+    seen = {start}
+    while frontier and len(seen) <= MAX_CYCLE_WALK:
+        nxt: list[Key] = []
+        for node in frontier:
+            res: KubeResource | None = resource
+            if node != start:
+                body = await _lookup(*node)
+                res = validate(body)[0] if body is not None else None
+            for dep in dependencies(res) if res is not None else []:
+                target: Key = (dep.kind, dep.namespace, dep.name)
+                if target == start:
+                    chain = [node]
+                    while chain[-1] != start:
+                        chain.append(parent[chain[-1]])
+                    path = [*reversed(chain), start]
+                    return [_ref(k, resource.namespace) for k in path]
+                if target not in seen:
+                    seen.add(target)
+                    parent[target] = node
+                    nxt.append(target)
+        frontier = nxt
+    return []
+
+
+def _ref(key: Key, namespace: str) -> str:
+    kind, ns, name = key
+    return f"{kind}/{name}" if ns == namespace else f"{kind}/{ns}/{name}"
+
+
+def dataset_mismatch(resource: KubeResource, dep: Dependency, obj: dict[str, Any]) -> str | None:
+    """Why a TrainingJob's method cannot train on the Dataset `obj` (whose spec names its task), or None."""
+    if resource.kind != "TrainingJob" or dep.key != "dataset":
+        return None
+    from ..api.v1alpha1.trainingjob import dataset_task_problem
+
+    ds_spec = obj.get("spec") or {}
+    if not ds_spec.get("task"):
+        return None
+    template = bool((ds_spec.get("processing") or {}).get("chatTemplate"))
+    method = str(resource.spec.method)  # type: ignore[attr-defined]
+    return dataset_task_problem(method, dep.name, str(ds_spec["task"]), template)
+
+
+async def resolve_dependencies(resource: KubeResource, store_root: str) -> DependencyReport:
+    """Look up every dependency (concurrently) and sort them into ready/missing/pending/failed/cycle."""
+    deps = dependencies(resource)
+    objs = await asyncio.gather(*(_lookup(d.kind, d.namespace, d.name) for d in deps))
+    report = DependencyReport()
+    for dep, obj in zip(deps, objs, strict=True):
+        gate = dep.key == "gate"
+        if obj is None:
+            (report.gate_pending if gate else report.missing).append(
+                f"{dep.ref} not found" if gate else dep.ref
+            )
+            continue
+        mismatch = dataset_mismatch(resource, dep, obj)
+        if mismatch:
+            report.incompatible.append(mismatch)
+            continue
+        status = obj.get("status") or {}
+        gen = int(obj.get("metadata", {}).get("generation") or 1)
+        cond = find_condition(status.get("conditions"), SUCCEEDED)
+        current = cond is not None and cond.get("observedGeneration") == gen
+        state = cond.get("status") if cond and current else "Unknown"
+        why = detail(cond) if cond and current else "not started"
+        if state == "False":
+            (report.gate_failed if gate else report.failed).append(f"{dep.ref} failed ({why})")
+            continue
+        if state != "True":
+            target = report.gate_pending if gate else report.pending
+            target.append(f"{dep.ref} not yet succeeded ({why})")
+            continue
+        if gate:
+            passed = find_condition(status.get("conditions"), PASSED)
+            spec: Any = resource.spec  # type: ignore[attr-defined]
+            if spec.gate.require_same_model and not _same_model(
+                spec.to_wire(), resource.namespace, obj
+            ):
+                report.gate_failed.append(f"{dep.ref} evaluated a different model than spec.model")
+            elif passed is None or passed.get("status") != "True":
+                report.gate_failed.append(
+                    f"{dep.ref} did not pass ({detail(passed) if passed else 'no Passed condition'})"
+                )
+            continue
+        uri, digest = _artifact_of(dep, obj, store_root)
+        report.inputs[dep.key] = ResolvedInput(kind=dep.kind, name=dep.name, uri=uri, digest=digest)
+    if report.pending or report.failed:  # only then can a cycle be what blocks
+        report.cycle = await find_cycle(resource)
+    return report
+
+
+def apply_dependency_conditions(writer: StatusWriter, report: DependencyReport, kind: str, main: str) -> bool:
+    """DependenciesReady (+ the main condition while blocked); True when the inputs are ready."""
+    if report.incompatible:
+        msg = "; ".join(report.incompatible)
+        writer.set(DEPENDENCIES_READY, "False", "IncompatibleDataset", msg)
+        writer.set(main, "False", "IncompatibleDataset", msg)
+        return False
+    if report.cycle:
+        msg = report.cycle_message()
+        writer.set(DEPENDENCIES_READY, "False", "InvalidSpec", msg)
+        writer.set(main, "False", "InvalidSpec", msg)
+        return False
+    if report.failed:
+        msg = "; ".join(report.failed)
+        writer.set(DEPENDENCIES_READY, "False", "DependencyFailed", msg)
+        writer.set(main, "False", "DependencyFailed", msg)
+        return False
+    if not report.inputs_ready:
+        metrics.DEPENDENCY_WAIT.labels(kind).inc()
+        msg = report.waiting_message()
+        writer.set(DEPENDENCIES_READY, "False", "WaitingForDependencies", msg)
+        if main == SUCCEEDED:
+            writer.set(main, "Unknown", "WaitingForDependencies", msg)
+        return False
+    writer.set(DEPENDENCIES_READY, "True", "DependenciesSucceeded", "all inputs succeeded")
+    return True
+
+
+# ---------------------------------------------------------------- waking dependents
+
+
+def _progress(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What dependents look at: the generation and the Succeeded/Passed conditions."""
+    conds = (body.get("status") or {}).get("conditions")
+    out: list[Any] = [body.get("metadata", {}).get("generation")]
+    for ctype in (SUCCEEDED, PASSED):
+        c = find_condition(conds, ctype) or {}
+        out += [c.get("status"), c.get("reason"), c.get("observedGeneration")]
+    return tuple(out)
+
+
+def index_dependencies(body: kopf.Body, **_: Any) -> dict[Key, Key]:
+    """kopf index: (kind, ns, name) of each dependency → this object's (kind, ns, name)."""
+    data = plain(body)
+    resource, _err = validate(data)
+    if resource is None:
+        return {}
+    me = key_of(data)
+    return {(d.kind, d.namespace, d.name): me for d in dependencies(resource)}
+
+
+async def on_object_event(body_in: Any, event_type: str | None, main: str, indices: dict[str, Any]) -> None:
+    """Watch event of a Kubeforge object: metrics, cache, and wake dependents when its outcome moved."""
+    resync.ensure_started()
+    body = plain(body_in)
+    track(body, event_type, main)
+    key = key_of(body)
+    kind, ns, name = key
+    # Compared with what the watch last showed, not with the cache: our own status write is cached
+    # before its watch event arrives, and that event is exactly the news dependents wait for.
+    before = watched.get(key)
+    if event_type == "DELETED":
+        forget(kind, ns, name)
+        watched.pop(key, None)
+        last_pass.pop(key, None)
+        changed = True
+    else:
+        remember(body)
+        watched[key] = _progress(body)
+        changed = event_type == "ADDED" or (before is not None and before != watched[key])
+    if not changed:
+        return
+    dependents: set[Key] = set()
+    for index_name, index in indices.items():
+        if index_name.endswith(INDEX_SUFFIX):
+            dependents.update(index.get((kind, ns, name), ()))
+    await asyncio.gather(*(wake(*dep) for dep in sorted(dependents)))

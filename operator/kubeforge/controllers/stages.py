@@ -1,0 +1,279 @@
+"""The bounded kinds' pass (Dataset, TrainingJob, RewardModel, RLHFJob, Evaluation): one Job per generation.
+
+Children are created with deterministic names (409 = already there), so a pass is idempotent. The API
+server refusing a child outright (400/403/422: invalid, forbidden) ends the generation with
+Succeeded=False, reason ChildRejected and the server's message; retrying the same object cannot help.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from .. import metrics
+from ..api.v1alpha1 import KubeResource
+from ..api.v1alpha1.common import now_rfc3339
+from ..builders.common import (
+    COMPLETION_INDEX_ANNOTATION,
+    JOB_NAME_LABEL,
+    LABEL_GENERATION,
+    LABEL_KIND,
+    LABEL_OWNER,
+    child_name,
+)
+from ..builders.common import STAGE_CONTAINER as STAGE_CONTAINER_NAME
+from ..settings import OperatorSettings
+from ..stage import ResolvedInput, StageResult, output_uri, stage_name
+from . import kube
+from .common import (
+    JOB_CREATED,
+    PASSED,
+    RESULT_ANNOTATION,
+    SUCCEEDED,
+    StatusWriter,
+    cached,
+    iter_lineage,
+    job_state,
+    measured,
+    parse_time,
+    plain,
+    remember,
+    settings,
+    settled,
+    validate,
+)
+from .deps import apply_dependency_conditions, resolve_dependencies
+
+MAX_REJECTION_MESSAGE = 1024
+
+
+class ChildRejected(Exception):
+    """The API server refused to create or apply a child; the message names it and quotes the server."""
+
+    def __init__(self, child: dict[str, Any], exc: kube.KubeError) -> None:
+        name = child.get("metadata", {}).get("name", "")
+        text = f"{child.get('kind')} {name} rejected by the API server (HTTP {exc.status}): {exc.message}"
+        super().__init__(text[:MAX_REJECTION_MESSAGE])
+
+
+def rejected(child: dict[str, Any], exc: kube.KubeError) -> ChildRejected | None:
+    """A ChildRejected when `exc` is permanent for this object (see kube.is_rejection), else None."""
+    return ChildRejected(child, exc) if kube.is_rejection(exc) else None
+
+
+def _parse_result(text: str | None) -> StageResult | None:
+    if not text:
+        return None
+    try:
+        return StageResult.model_validate(json.loads(text))
+    except (ValueError, ValidationError):
+        return None
+
+
+def _pod_order(pod: dict[str, Any]) -> tuple[int, str]:
+    idx = (pod.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, "0")
+    return (int(idx) if str(idx).isdigit() else 0, str(pod.get("metadata", {}).get("creationTimestamp", "")))
+
+
+async def read_result(job: dict[str, Any], test_hooks: bool) -> tuple[StageResult | None, str]:
+    """The stage's StageResult and the last termination text.
+
+    Order: the stage container's termination message (JSON StageResult, written by every stage); with
+    `test_hooks` on, a `kubeforge.io/result` annotation on the Job, then on the pod (KWOK runs no
+    containers, so tests inject results this way). Rank 0 (completion index 0) wins for Indexed Jobs.
+    """
+    meta = job["metadata"]
+    pods = await kube.list_objects("v1", "Pod", meta["namespace"], f"{JOB_NAME_LABEL}={meta['name']}")
+    pods.sort(key=_pod_order)
+    text = ""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != STAGE_CONTAINER_NAME:
+                continue
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            msg = (term or {}).get("message")
+            if msg:
+                result = _parse_result(msg)
+                if result is not None:
+                    return result, msg
+                text = text or msg.strip().splitlines()[-1][:512]
+    if test_hooks:
+        for obj in [job, *pods]:
+            result = _parse_result((obj.get("metadata", {}).get("annotations") or {}).get(RESULT_ANNOTATION))
+            if result is not None:
+                return result, text
+    return None, text
+
+
+def workload_seconds(job: dict[str, Any]) -> float | None:
+    """Job start → completion (or now), for the workload duration histogram."""
+    status = job.get("status") or {}
+    start = parse_time(status.get("startTime"))
+    if start is None:
+        return None
+    end = parse_time(status.get("completionTime")) or datetime.now(UTC)
+    return max((end - start).total_seconds(), 0.0)
+
+
+async def cleanup_old_generations(kind: str, namespace: str, name: str, generation: int) -> None:
+    """Stop Jobs of superseded generations that are still running (a new spec replaces them)."""
+    if generation <= 1:
+        return  # no earlier generation can exist
+    jobs = await kube.list_objects("batch/v1", "Job", namespace, f"{LABEL_KIND}={kind},{LABEL_OWNER}={name}")
+    for job in jobs:
+        gen = job["metadata"].get("labels", {}).get(LABEL_GENERATION)
+        if gen != str(generation) and job_state(job)[0] == "Running":
+            await kube.delete("batch/v1", "Job", namespace, job["metadata"]["name"])
+
+
+async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Job from the watch cache, else from the API server (absent from the cache ≠ absent)."""
+    job = cached("Job", namespace, name)
+    if job is None:
+        job = await kube.get("batch/v1", "Job", namespace, name)
+        if job is not None:
+            remember(job)
+    return job
+
+
+async def create_children(children: list[dict[str, Any]]) -> bool:
+    """Create in order (ConfigMap before Job); True when the Job itself was new. Raises ChildRejected."""
+    created_job = False
+    for child in children:
+        try:
+            created = await kube.create(child)
+        except kube.KubeError as exc:
+            if (refused := rejected(child, exc)) is not None:
+                raise refused from exc
+            raise
+        if child["kind"] == "Job":
+            created_job = created
+    return created_job
+
+
+Builder = Callable[[Any, dict[str, ResolvedInput], OperatorSettings], list[dict[str, Any]]]
+Lifter = Callable[[StatusWriter, KubeResource, StageResult | None, str, dict[str, ResolvedInput]], None]
+
+
+# ---------------------------------------------------------------- bounded kinds
+
+
+def lift_workload(
+    w: StatusWriter, resource: KubeResource, result: StageResult | None, out_uri: str,
+    inputs: dict[str, ResolvedInput],
+) -> None:
+    """Artifact, lineage, metrics, progress, checkpoints and details into the status of a producing kind."""
+    if result is not None and result.artifact is not None:
+        w.fields["artifact"] = result.artifact.to_wire()
+    else:
+        # No result (e.g. KWOK runs no container): the artifact is where the stage was told to write.
+        w.fields["artifact"] = {"uri": out_uri}
+    if result is not None and result.lineage:
+        w.fields["lineage"] = [entry.to_wire() for entry in result.lineage]
+    else:
+        w.fields["lineage"] = list(iter_lineage(inputs))
+    if result is None:
+        return
+    if result.metrics:
+        w.fields["metrics"] = result.metrics
+    if result.progress is not None:
+        w.fields["progress"] = result.progress.to_wire()
+    if result.checkpoints:
+        w.fields["checkpoints"] = result.checkpoints
+    for key, value in (result.details or {}).items():
+        if key != "passed":
+            w.fields[key] = value
+
+
+async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, lift: Lifter) -> None:
+    """One level-triggered pass for a bounded kind (called under the object lock by `run_pass`)."""
+    body = plain(body_in)
+    kind = str(body["kind"])
+    async with measured(kind) as box:
+        if settled(body):
+            box["outcome"] = "settled"
+            return
+        w = StatusWriter.for_body(body)
+        resource, error = validate(body)
+        if resource is None:
+            w.set(SUCCEEDED, "False", "InvalidSpec", error)
+            box["outcome"] = "invalid"
+            w.flush(patch)
+            return
+        s = settings()
+        report = await resolve_dependencies(resource, s.store_root)
+        if not apply_dependency_conditions(w, report, kind, SUCCEEDED):
+            box["outcome"] = "waiting"
+            w.flush(patch)
+            return
+        ns = resource.namespace
+        job_name = child_name(resource, stage_name(resource))
+        job = cached("Job", ns, job_name)
+        if job is None and (w.condition(JOB_CREATED) or {}).get("observedGeneration") == w.generation:
+            job = await get_job(ns, job_name)
+        if job is None:
+            # Usually new: create straight away (saves a GET); 409 means it exists after all (restart).
+            try:
+                children = builder(resource, report.inputs, s)
+            except ValueError as exc:
+                w.set(SUCCEEDED, "False", "InvalidSpec", str(exc))
+                box["outcome"] = "invalid"
+                w.flush(patch)
+                return
+            await cleanup_old_generations(kind, ns, resource.name, w.generation)
+            try:
+                created = await create_children(children)
+            except ChildRejected as exc:
+                w.set(SUCCEEDED, "False", "ChildRejected", str(exc))
+                box["outcome"] = "invalid"
+                w.flush(patch)
+                return
+            if not created:
+                job = await get_job(ns, job_name)
+                if job is None:
+                    raise kopf.TemporaryError(f"Job {job_name} existed and vanished; looking again", delay=1)
+        if job is None:
+            w.fields.update(
+                jobName=job_name, startTime=now_rfc3339(), completionTime=None,
+                lineage=list(iter_lineage(report.inputs)),
+            )
+            w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
+            w.set(SUCCEEDED, "Unknown", "Running", f"Job {job_name} is running")
+            box["outcome"] = "created"
+            w.flush(patch)
+            return
+        w.fields["jobName"] = job_name
+        if (w.condition(JOB_CREATED) or {}).get("observedGeneration") != w.generation:
+            w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
+        state, job_reason, job_message = job_state(job)
+        if state == "Running":
+            w.set(SUCCEEDED, "Unknown", "Running", f"Job {job_name} is running")
+            box["outcome"] = "running"
+            w.flush(patch)
+            return
+        result, text = await read_result(job, s.test_hooks)
+        seconds = workload_seconds(job)
+        w.fields["completionTime"] = (job.get("status") or {}).get("completionTime") or now_rfc3339()
+        if state == "Complete" and (result is None or result.succeeded):
+            lift(w, resource, result, output_uri(resource, s.store_root), report.inputs)
+            reason = result.reason if result is not None else "Completed"
+            message = (result.message if result is not None and result.message else f"Job {job_name} completed")
+            w.set(SUCCEEDED, "True", reason or "Completed", message)
+            outcome = "succeeded"
+        else:
+            stage_failed = result is not None and not result.succeeded
+            reason = result.reason if stage_failed and result is not None else job_reason
+            detail = (result.message if stage_failed and result is not None else "") or text or job_message
+            w.set(SUCCEEDED, "False", reason or "Failed", f"Job {job_name} failed: {detail}")
+            if kind == "Evaluation":
+                w.set(PASSED, "False", "EvaluationFailed", "the evaluation did not complete")
+            outcome = "failed"
+        if seconds is not None:
+            metrics.WORKLOAD_DURATION.labels(kind, outcome).observe(seconds)
+        box["outcome"] = outcome
+        w.flush(patch)

@@ -1,0 +1,330 @@
+"""Controller passes against an in-memory API server: cycles, bounded messages, per-generation conditions,
+rejected children, no finalizers, the resync loop's choice of objects, the client's pool."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from kubeforge import controllers, stage
+from kubeforge.controllers import common, kube, resync
+
+NS = "ml"
+API = "kubeforge.io/v1alpha1"
+
+
+class FakeApi:
+    """Objects by (kind, namespace, name); records creates, status writes and Events."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.created: list[dict[str, Any]] = []
+        self.status_writes = 0
+        self.events: list[tuple[str, str, str]] = []
+        self.create_error: kube.KubeError | None = None
+        self._rv = 0
+
+    def put(self, kind: str, name: str, spec: dict[str, Any], generation: int = 1,
+            conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        self._rv += 1
+        old = self.objects.get((kind, NS, name))
+        body: dict[str, Any] = {
+            "apiVersion": API, "kind": kind, "spec": spec,
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{kind}-{name}", "generation": generation,
+                         "resourceVersion": str(self._rv)},
+            "status": copy.deepcopy((old or {}).get("status") or {}),
+        }
+        if conditions is not None:
+            body["status"]["conditions"] = conditions
+        self.objects[(kind, NS, name)] = body
+        common.remember(copy.deepcopy(body))
+        return body
+
+    async def get_kubeforge(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind, namespace, name)))
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        if self.create_error is not None and manifest["kind"] == "Job":
+            raise self.create_error
+        self.created.append(manifest)
+        return True
+
+    async def list_objects(self, *_: Any) -> list[dict[str, Any]]:
+        return []
+
+    async def delete(self, *_: Any) -> bool:
+        return True
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                           patch: dict[str, Any]) -> dict[str, Any]:
+        self.status_writes += 1
+        self._rv += 1
+        obj = self.objects[(kind, namespace, name)]
+        obj["status"] = {**(obj.get("status") or {}), **patch["status"]}
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        return copy.deepcopy(obj)
+
+    def event(self, body: Any, *, type: str, reason: str, message: str = "") -> None:
+        self.events.append((body["metadata"]["name"], reason, message))
+
+    def cond(self, kind: str, name: str, ctype: str) -> dict[str, Any]:
+        return common.find_condition(self.objects[(kind, NS, name)]["status"].get("conditions"), ctype) or {}
+
+    async def passes(self, kind: str, name: str, times: int = 1) -> None:
+        for _ in range(times):
+            await common.run_pass(copy.deepcopy(self.objects[(kind, NS, name)]))
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
+    monkeypatch.setenv("KUBEFORGE_METRICS_PORT", "0")
+    fake = FakeApi()
+    common.configure()
+    for name in ("get_kubeforge", "get", "create", "list_objects", "delete", "patch_status"):
+        monkeypatch.setattr(kube, name, getattr(fake, name))
+    monkeypatch.setattr(kopf, "event", fake.event)
+    yield fake
+    common.configure()
+
+
+def succeeded(gen: int = 1) -> list[dict[str, Any]]:
+    return [{"type": "Succeeded", "status": "True", "reason": "Completed", "message": "done",
+             "observedGeneration": gen, "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+
+
+def tj_spec(model_ref: str | None) -> dict[str, Any]:
+    model = {"ref": {"kind": "TrainingJob", "name": model_ref}} if model_ref else {"uri": "org/base"}
+    return {"method": "sft", "model": model, "dataset": {"name": "ds"}}
+
+
+DS_SPEC = {"task": "text", "source": {"uris": ["s3://raw/x.jsonl"]}}
+
+
+def test_self_reference_is_a_cycle_with_a_stable_message(api: FakeApi) -> None:
+    api.put("Dataset", "d", {"task": "text", "source": {"fromDataset": {"name": "d"}}})
+    asyncio.run(api.passes("Dataset", "d", times=4))
+    deps = api.cond("Dataset", "d", "DependenciesReady")
+    assert (deps["status"], deps["reason"]) == ("False", "InvalidSpec")
+    assert deps["message"] == "dependency cycle: Dataset/d -> Dataset/d"
+    ok = api.cond("Dataset", "d", "Succeeded")
+    assert (ok["status"], ok["reason"], ok["message"]) == ("False", "InvalidSpec", deps["message"])
+    assert api.status_writes == 1, "later passes find nothing to change"
+    assert not api.created
+    assert not common.settled(api.objects[("Dataset", NS, "d")]), "another object's edit can break a cycle"
+
+
+def test_two_object_cycle_named_from_each_side(api: FakeApi) -> None:
+    api.put("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    api.put("TrainingJob", "a", tj_spec("b"))
+    api.put("TrainingJob", "b", tj_spec("a"))
+    for _ in range(3):
+        asyncio.run(api.passes("TrainingJob", "a"))
+        asyncio.run(api.passes("TrainingJob", "b"))
+    assert api.cond("TrainingJob", "a", "DependenciesReady")["message"] == (
+        "dependency cycle: TrainingJob/a -> TrainingJob/b -> TrainingJob/a")
+    assert api.cond("TrainingJob", "b", "DependenciesReady")["message"] == (
+        "dependency cycle: TrainingJob/b -> TrainingJob/a -> TrainingJob/b")
+    assert api.cond("TrainingJob", "b", "Succeeded")["reason"] == "InvalidSpec"
+    # Breaking the cycle on one side releases the other: b now waits for a, a runs.
+    api.put("TrainingJob", "a", tj_spec(None), generation=2)
+    asyncio.run(api.passes("TrainingJob", "a"))
+    asyncio.run(api.passes("TrainingJob", "b"))
+    assert api.cond("TrainingJob", "a", "JobCreated")["status"] == "True"
+    assert api.cond("TrainingJob", "a", "DependenciesReady")["status"] == "True"
+    waiting = api.cond("TrainingJob", "b", "DependenciesReady")
+    assert (waiting["reason"], waiting["message"]) == (
+        "WaitingForDependencies", "waiting for TrainingJob/a not yet succeeded (Running: Job a-sft-g2 is running)")
+
+
+def test_longer_cycle_and_an_object_waiting_on_it(api: FakeApi) -> None:
+    api.put("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    for me, parent in (("a", "b"), ("b", "c"), ("c", "a"), ("outside", "a")):
+        api.put("TrainingJob", me, tj_spec(parent))
+    for _ in range(3):
+        for name in ("outside", "a", "b", "c"):
+            asyncio.run(api.passes("TrainingJob", name))
+    assert api.cond("TrainingJob", "c", "DependenciesReady")["message"] == (
+        "dependency cycle: TrainingJob/c -> TrainingJob/a -> TrainingJob/b -> TrainingJob/c")
+    # Not part of the cycle: blocked by a failed dependency, and the message quotes it without nesting.
+    outside = api.cond("TrainingJob", "outside", "DependenciesReady")
+    assert outside["reason"] == "DependencyFailed"
+    assert outside["message"] == (
+        "TrainingJob/a failed (InvalidSpec: dependency cycle: TrainingJob/a -> TrainingJob/b -> TrainingJob/c "
+        "-> TrainingJob/a)")
+
+
+def test_waiting_messages_do_not_copy_dependency_messages(api: FakeApi) -> None:
+    api.put("Dataset", "ds", DS_SPEC)  # never succeeds
+    api.put("TrainingJob", "base", tj_spec(None))
+    api.put("TrainingJob", "mid", tj_spec("base"))
+    api.put("TrainingJob", "top", tj_spec("mid"))
+    for _ in range(5):
+        for name in ("base", "mid", "top"):
+            asyncio.run(api.passes("TrainingJob", name))
+    top = api.cond("TrainingJob", "top", "DependenciesReady")["message"]
+    assert top == "waiting for Dataset/ds not yet succeeded (not started); " \
+        "TrainingJob/mid not yet succeeded (WaitingForDependencies)"
+
+
+def test_new_generation_drops_the_previous_generations_conditions(api: FakeApi) -> None:
+    api.put("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    api.put("TrainingJob", "t", tj_spec(None))
+    asyncio.run(api.passes("TrainingJob", "t"))
+    assert api.cond("TrainingJob", "t", "JobCreated")["observedGeneration"] == 1
+    ready_since = api.cond("TrainingJob", "t", "DependenciesReady")["lastTransitionTime"]
+    api.events.clear()
+    # Generation 2 names a model that does not exist yet: no Job, so no JobCreated for it.
+    api.put("TrainingJob", "t", tj_spec("missing"), generation=2)
+    asyncio.run(api.passes("TrainingJob", "t"))
+    conds = {c["type"]: c for c in api.objects[("TrainingJob", NS, "t")]["status"]["conditions"]}
+    assert "JobCreated" not in conds
+    assert conds["DependenciesReady"]["observedGeneration"] == 2
+    assert conds["Succeeded"]["reason"] == "WaitingForDependencies"
+    # Generation 3 is ready again: DependenciesReady=True is new (False before), JobCreated reappears.
+    api.put("TrainingJob", "t", tj_spec(None), generation=3)
+    asyncio.run(api.passes("TrainingJob", "t"))
+    assert api.cond("TrainingJob", "t", "JobCreated")["observedGeneration"] == 3
+    assert api.cond("TrainingJob", "t", "DependenciesReady")["lastTransitionTime"] >= ready_since
+
+
+def test_condition_set_again_for_a_new_generation_keeps_its_transition_time() -> None:
+    old = {"type": "DependenciesReady", "status": "True", "reason": "DependenciesSucceeded", "message": "m",
+           "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    body = {"metadata": {"generation": 2}, "status": {"conditions": [old, {**old, "type": "JobCreated"}]}}
+    w = common.StatusWriter.for_body(body)
+    assert w.conditions == [] and set(w.stale) == {"DependenciesReady", "JobCreated"}
+    w.set("DependenciesReady", "True", "DependenciesSucceeded", "m")
+    assert w.conditions[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert w.conditions[0]["observedGeneration"] == 2
+    assert w.transitions == [], "same status and reason: no Event"
+
+
+def test_rejected_child_fails_the_generation(api: FakeApi) -> None:
+    api.put("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    api.put("TrainingJob", "t", tj_spec(None))
+    api.create_error = kube.KubeError(422, 'Job.batch "t-sft-g1" is invalid: spec.template: bad')
+    asyncio.run(api.passes("TrainingJob", "t", times=2))
+    ok = api.cond("TrainingJob", "t", "Succeeded")
+    assert (ok["status"], ok["reason"]) == ("False", "ChildRejected")
+    assert ok["message"] == ('Job t-sft-g1 rejected by the API server (HTTP 422): '
+                             'Job.batch "t-sft-g1" is invalid: spec.template: bad')
+    assert common.settled(api.objects[("TrainingJob", NS, "t")])
+    assert api.status_writes == 1
+    assert ("t", "ChildRejected", f"Succeeded=False: {ok['message']}") in api.events
+
+
+@pytest.mark.parametrize(("status", "message"), [(500, "etcd timeout"), (403, "exceeded quota: compute"),
+                                                 (429, "too many requests")])
+def test_transient_create_errors_are_retried(api: FakeApi, status: int, message: str) -> None:
+    api.put("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    api.put("TrainingJob", "t", tj_spec(None))
+    api.create_error = kube.KubeError(status, message)
+    with pytest.raises(kube.KubeError):
+        asyncio.run(api.passes("TrainingJob", "t"))
+    assert api.status_writes == 0
+
+
+def test_resync_picks_unsettled_objects_and_every_model_deployment(api: FakeApi) -> None:
+    api.put("Dataset", "done", DS_SPEC, conditions=succeeded())
+    api.put("Dataset", "busy", DS_SPEC)
+    api.put("ModelDeployment", "md", {"model": {"uri": "org/m"}})
+    common.remember({"kind": "Job", "metadata": {"name": "j", "namespace": NS, "resourceVersion": "1"}})
+    interval = common.resync_interval()
+    assert resync.due(now=100.0, since=100.0) == []
+    due = resync.due(now=100.0 + interval, since=100.0)
+    assert sorted(due) == [("Dataset", NS, "busy"), ("ModelDeployment", NS, "md")]
+    common.last_pass[("Dataset", NS, "busy")] = 100.0 + interval
+    assert ("Dataset", NS, "busy") not in resync.due(now=100.0 + interval + 1, since=100.0)
+
+
+def test_no_handler_needs_a_finalizer_and_startup_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finalizer blocks deletion (and namespace deletion) while the operator is down."""
+    monkeypatch.setenv("KUBEFORGE_METRICS_PORT", "0")
+    registry = kopf.get_default_registry()
+    assert not list(registry._spawning.get_all_handlers()), "timers/daemons always add a finalizer (kopf 1.45)"
+    assert not [h.id for h in registry._changing.get_all_handlers() if h.requires_finalizer]
+    settings = kopf.OperatorSettings()
+    settings.queueing.worker_limit = 64
+
+    startup: Any = controllers.startup  # kopf's decorator types it as a generic activity
+    cleanup: Any = controllers.cleanup
+
+    async def start_and_stop() -> None:
+        await startup(settings=settings, logger=logging.getLogger("test"))
+        assert resync._task is None, "started by the first watch event, inside kopf's context"
+        resync.ensure_started()
+        task = resync._task
+        assert task is not None and not task.done()
+        resync.ensure_started()
+        assert resync._task is task
+        await cleanup()
+        assert resync._task is None and task.cancelled()
+        resync.ensure_started()
+        assert resync._task is None, "not restarted after cleanup"
+
+    asyncio.run(start_and_stop())
+    assert settings.queueing.worker_limit is None
+    assert settings.posting.reporting_component == "kubeforge-operator"
+    assert settings.persistence.finalizer == "kubeforge.io/unused"  # removed from objects that still carry it
+
+
+def test_resync_loop_runs_in_kopfs_event_posting_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf.event needs the Event queue kopf puts into per-object task contexts; the loop must inherit it."""
+    from kopf._core.engines import posting
+
+    seen: list[object] = []
+
+    async def fake_loop() -> None:
+        seen.append(posting.event_queue_var.get(None))
+
+    monkeypatch.setattr(resync, "_loop", fake_loop)
+    queue: asyncio.Queue[posting.K8sEvent] = asyncio.Queue()
+
+    async def kopf_object_task() -> None:
+        posting.event_queue_var.set(queue)
+        resync.ensure_started()
+
+    async def scenario() -> None:
+        resync.reset()
+        await asyncio.create_task(kopf_object_task())
+        assert resync._task is not None
+        await resync._task
+        await resync.stop()
+
+    asyncio.run(scenario())
+    assert seen == [queue]
+
+
+def test_client_pool_is_sized_before_the_client_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.config import kube_config
+
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443"}}],
+           "users": [{"name": "u", "user": {"token": "t"}}],
+           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kube.reset_client()
+    try:
+        api_client = kube.api_client()
+        assert api_client.configuration.connection_pool_maxsize == kube.CONNECTION_POOL_SIZE >= kube.API_THREADS
+        assert api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] == kube.CONNECTION_POOL_SIZE
+    finally:
+        kube.reset_client()
+
+
+def test_stage_config_uses_libyaml_when_present() -> None:
+    expected = yaml.CSafeDumper if getattr(yaml, "__with_libyaml__", False) else yaml.SafeDumper
+    assert stage._YAML_DUMPER is expected
