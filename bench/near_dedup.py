@@ -33,8 +33,6 @@ sys.path.insert(0, str(REPO / "trainer-image"))
 
 from kubeforge_trainer import prepare  # noqa: E402
 
-BANDS = ((0.85, 0.90), (0.90, 0.95), (0.95, 1.0001))
-
 
 def make_corpus(n_docs: int, n_variants: int, seed: int, ngram: int) -> list[dict[str, Any]]:
     """Records {text, family, sim}: originals (sim None) and variants with their exact Jaccard to the original."""
@@ -121,7 +119,8 @@ def score(
     caught = [i for i in true_dups if i not in kept]
     false_drops = [i for i in removed if not near_any[i]]
     bands = {}
-    for lo, hi in BANDS:
+    t = args.threshold
+    for lo, hi in ((t, t + 0.05), (t + 0.05, t + 0.10), (t + 0.10, 1.0001)):
         members = [i for i in true_dups if records[i]["sim"] is not None and lo <= records[i]["sim"] < hi]
         if members:
             bands[f"{lo:.2f}-{min(hi, 1.0):.2f}"] = round(sum(i not in kept for i in members) / len(members), 4)

@@ -40,6 +40,8 @@ def test_classification_and_regression_methods_are_stages_with_checkpoints() -> 
         assert cfg.stage == method and cfg.checkpoint_uri == "file:///store/default/trainingjob/t/checkpoints"
     with pytest.raises(ValueError, match=r"model\.architecture \(from scratch\) needs method pretrain"):
         _tj("classification", model={"architecture": {"family": "llama"}})
+    with pytest.raises(ValueError, match=r"tokenizer\.trainVocabSize \(a new tokenizer\) needs method pretrain or sft"):
+        _tj("regression", tokenizer={"trainVocabSize": 500})
 
 
 def test_trainer_entrypoint_knows_the_new_stages() -> None:
@@ -97,6 +99,15 @@ spec:
   method: sft
   model: {uri: "org/model"}
   dataset: {name: reviews}
+---
+apiVersion: kubeforge.io/v1alpha1
+kind: Evaluation
+metadata: {name: ev}
+spec:
+  model: {ref: {kind: TrainingJob, name: tj}}
+  dataset: {name: reviews, split: test}
+  taskType: classification
+  metrics: [accuracy]
 """
 
 
@@ -110,6 +121,8 @@ def test_validate_and_runner_reject_cross_object_mismatches(tmp_path: Path) -> N
                "has task classification: use method: classification" in p for p in problems), problems
     assert any("(Dataset/ratings): spec.columns.value: column 'score' is not in the output of Dataset/reviews "
                "(task classification: columns label, text)" in p for p in problems), problems
+    assert any("(Evaluation/ev): spec.taskType: classification cannot evaluate TrainingJob/tj, which trains "
+               "method sft; use a language-model taskType" in p for p in problems), problems
     out = CliRunner().invoke(app, ["validate", str(path)])
     assert out.exit_code == 1 and "use method: classification" in out.output and "'score'" in out.output
 

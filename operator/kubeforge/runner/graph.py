@@ -196,17 +196,34 @@ def compatibility_problems(items: Sequence[tuple[KubeResource, str]]) -> list[st
 
 def training_problems(items: Sequence[tuple[KubeResource, str]]) -> list[str]:
     """A TrainingJob whose Dataset is among `items` must train a method that fits the Dataset's task
-    (sft on a classification Dataset would silently drop the labels: method classification trains them)."""
+    (sft on a classification Dataset would silently drop the labels: method classification trains them);
+    an Evaluation of a TrainingJob's model must exercise the head that method trains."""
     from ..api.v1alpha1.trainingjob import dataset_task_problem
 
-    found: dict[tuple[str, str], list[KubeResource]] = {}
+    found: dict[tuple[str, str, str], list[KubeResource]] = {}
     for r, _ in items:
-        if r.kind == "Dataset":
-            found.setdefault((r.namespace, r.name), []).append(r)
+        if r.kind in ("Dataset", "TrainingJob"):
+            found.setdefault((r.kind, r.namespace, r.name), []).append(r)
     # a name defined twice (several pipelines validated together) is ambiguous: not checked here
-    datasets = {k: v[0] for k, v in found.items() if len(v) == 1}
+    unique = {k: v[0] for k, v in found.items() if len(v) == 1}
+    datasets = {(ns, name): r for (kind, ns, name), r in unique.items() if kind == "Dataset"}
+    heads = ("classification", "regression")
     problems: list[str] = []
     for resource, label in items:
+        if resource.kind == "Evaluation":
+            ev: Any = resource.spec  # type: ignore[attr-defined]
+            ref = ev.model.ref
+            job = unique.get(("TrainingJob", ref.namespace or resource.namespace, ref.name)) if ref else None
+            if job is None or ref.kind != "TrainingJob":
+                continue
+            method, task = str(job.spec.method), str(ev.task_type.value)  # type: ignore[attr-defined]
+            if (task in heads or method in heads) and task != method:
+                want = f"taskType {method}" if method in heads else "a language-model taskType"
+                problems.append(
+                    f"{label}: spec.taskType: {task} cannot evaluate TrainingJob/{job.name}, which trains method "
+                    f"{method}; use {want}"
+                )
+            continue
         if resource.kind != "TrainingJob":
             continue
         spec: Any = resource.spec  # type: ignore[attr-defined]

@@ -110,6 +110,13 @@ class TrainingJobSpec(KubeModel):
                     "model.architecture (from scratch) needs method pretrain",
                     ".method",
                 ),
+                cel(
+                    "!has(self.tokenizer) || !has(self.tokenizer.trainVocabSize) || "
+                    "(self.method != 'classification' && self.method != 'regression')",
+                    "tokenizer.trainVocabSize (a new tokenizer) needs method pretrain or sft: a classifier keeps its "
+                    "base model's tokenizer",
+                    ".tokenizer.trainVocabSize",
+                ),
             ]
         }
     )
@@ -121,6 +128,11 @@ class TrainingJobSpec(KubeModel):
             raise ValueError("a model initialised from architecture trains fully: set peft.method none")
         if self.model.architecture is not None and self.method != "pretrain":
             raise ValueError("model.architecture (from scratch) needs method pretrain")
+        if self.tokenizer.train_vocab_size is not None and self.method in ("classification", "regression"):
+            raise ValueError(
+                "tokenizer.trainVocabSize (a new tokenizer) needs method pretrain or sft: a classifier keeps its "
+                "base model's tokenizer"
+            )
         return self
 
 
