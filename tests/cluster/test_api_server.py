@@ -91,7 +91,7 @@ INVALID = [
     Invalid("tj-missing-method", "TrainingJob", {"spec.method": DELETE}, "spec.method",
             server_msg="Required value", offline_msg="Field required"),
     Invalid("tj-bad-method", "TrainingJob", {"spec.method": "rlhf"}, "spec.method",
-            server_msg='Unsupported value: "rlhf"', offline_msg="'pretrain' or 'sft'"),
+            server_msg='Unsupported value: "rlhf"', offline_msg="'classification' or 'regression'"),
     Invalid("tj-lr-type", "TrainingJob", {"spec.hyperparameters": {"learningRate": "fast"}},
             "spec.hyperparameters.learningRate", server_msg="must be of type number",
             offline_msg="valid number"),
