@@ -38,8 +38,9 @@ prometheus: ## Debian's prometheus for the metrics tests
 crds: venv
 	$(BIN)/kubeforge crds
 
-lint: venv ## ruff, mypy --strict, CRDs in sync
+lint: venv ## ruff, mypy --strict, import layers (.importlinter), CRDs in sync
 	$(BIN)/ruff check operator trainer-image serving tests bench hack
+	$(BIN)/lint-imports
 	$(BIN)/mypy operator/kubeforge trainer-image/kubeforge_trainer serving/kubeforge_serving
 	$(BIN)/kubeforge crds --check
 

@@ -28,12 +28,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SOURCE = HERE / "health.lua"
 SNIPPET = HERE / "argocd-cm-resource-customizations.yaml"
-OPERATOR_COMMON = ROOT / "operator" / "kubeforge" / "controllers" / "common.py"
+OPERATOR_COMMON = ROOT / "operator" / "kubeforge" / "api" / "v1alpha1" / "conditions.py"
 GROUP = "kubeforge.io"
 # Kept literal (not imported from the API package) so the script runs without the project installed;
 # the unit test checks this list against kubeforge.api.v1alpha1.KINDS.
 KINDS = ["Dataset", "TrainingJob", "RewardModel", "RLHFJob", "Evaluation", "ModelDeployment"]
-# Condition types the script reads: Lua name -> name of the constant in the operator's common.py.
+# Condition types the script reads: Lua name -> name of the constant in the API's conditions.py.
 CONDITION_TYPES = {
     "SUCCEEDED": "SUCCEEDED",
     "READY": "READY",
@@ -66,18 +66,32 @@ def _literal(dumper: yaml.SafeDumper, data: _Literal) -> yaml.ScalarNode:
 yaml.SafeDumper.add_representer(_Literal, _literal)
 
 
+def _value(node: ast.expr, known: dict[str, object]) -> object:
+    """A str literal, a name bound earlier in the module, or frozenset({...}) / {...} of those."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in known:
+        return known[node.id]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "frozenset" \
+            and len(node.args) == 1:
+        return _value(node.args[0], known)
+    if isinstance(node, ast.Set):
+        values = {_value(e, known) for e in node.elts}
+        if all(isinstance(v, str) for v in values):
+            return values
+    raise ValueError(ast.dump(node))
+
+
 @functools.cache
 def operator_constants() -> dict[str, object]:
-    """Module-level constants (str and set-of-str literals) of kubeforge/controllers/common.py, from source."""
+    """Module-level constants (str and set-of-str) of kubeforge/api/v1alpha1/conditions.py, from source."""
     out: dict[str, object] = {}
     for node in ast.parse(OPERATOR_COMMON.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
-                value = ast.literal_eval(node.value)
+                out[node.targets[0].id] = _value(node.value, out)
             except ValueError:
                 continue
-            if isinstance(value, str) or (isinstance(value, set) and all(isinstance(v, str) for v in value)):
-                out[node.targets[0].id] = value
     return out
 
 
@@ -114,7 +128,7 @@ def _lua_set(name: str, members: list[str]) -> list[str]:
 def generated_block() -> str:
     """The lines between BEGIN and END in health.lua."""
     consts = operator_constants()
-    lines = [f"{BEGIN}; do not edit.", "-- Condition types, from operator/kubeforge/controllers/common.py."]
+    lines = [f"{BEGIN}; do not edit.", "-- Condition types, from operator/kubeforge/api/v1alpha1/conditions.py."]
     for lua_name, const in CONDITION_TYPES.items():
         value = consts.get(const)
         if not isinstance(value, str):

@@ -7,7 +7,12 @@ final list (server clock, 1 s resolution; immune to missed watch events). Comple
 watch or by listing Jobs every few seconds, whichever sees all N first. Reports p50/p95 latency, total
 time, reconciles/s (from the operator's own kubeforge_reconcile_total) and the operator's peak RSS (VmHWM).
 
-    python bench/operator_throughput.py --n 100 [--n 1000] [--quick] [--json out.json]
+Also: API requests per object (the API server's own apiserver_request_total, minus the bench's creates
+and watches), and `--restart` (stop the operator when half the Jobs exist, start a new one: every object
+completes, no duplicate children). `--baseline DIR` runs the operator from another checkout (e.g. a
+`git worktree` of the previous commit) for a before/after table in the same run.
+
+    python bench/operator_throughput.py --n 100 [--n 1000] [--quick] [--restart] [--baseline DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -93,13 +98,64 @@ def job_times(batch: Any, ns: str) -> dict[str, datetime]:
     return {str(j.metadata.name): j.metadata.creation_timestamp for j in items}
 
 
+def apiserver_requests(api: Any) -> dict[tuple[str, str], float]:
+    """(verb, resource) -> requests served so far, from the API server's /metrics."""
+    headers = {"Accept": "text/plain"}
+    api.update_params_for_auth(headers, None, ["BearerToken"], "/metrics", "GET", None)
+    resp = api.call_api("GET", api.configuration.host + "/metrics", header_params=headers)
+    text = resp.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for m in re.finditer(r'^apiserver_request_total\{([^}]*)\} (\S+)', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = (labels.get("verb", ""), labels.get("resource", ""))
+        out[key] = out.get(key, 0.0) + float(m.group(2))
+    return out
+
+
+def operator_requests(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> float:
+    """Requests made between two scrapes, without the bench's own (creates of TrainingJobs, Job lists,
+    watches) and the control plane's (leases, pods, nodes, endpoints: KWOK and controllers)."""
+    mine = {("POST", "trainingjobs"), ("LIST", "jobs"), ("WATCH", "jobs"), ("WATCH", "trainingjobs")}
+    other = {"leases", "pods", "nodes", "endpoints", "endpointslices", "replicasets", "serviceaccounts",
+             "namespaces", "resourcequotas", "limitranges"}
+    total = 0.0
+    for key, value in after.items():
+        if key in mine or key[1] in other or key[0] == "WATCH":
+            continue
+        total += value - before.get(key, 0.0)
+    return total
+
+
+def start_operator(ns: str, env: dict[str, str], lport: int, log: Any) -> subprocess.Popen[bytes]:
+    """`kubeforge operator` for one namespace; returns once its liveness endpoint answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "kubeforge", "operator", "-n", ns, "--liveness",
+                             f"http://127.0.0.1:{lport}/healthz"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{lport}/healthz", timeout=2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"operator did not start; see /tmp/{ns}-operator.log") from None
+            time.sleep(0.3)
+
+
+def stop_operator(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[idx]
 
 
-def run(n: int, kcfg: str, timeout: float) -> dict[str, Any]:
+def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart: bool = False) -> dict[str, Any]:
     from kubernetes import client, config
 
     config.load_kube_config(config_file=kcfg)
@@ -125,18 +181,13 @@ def run(n: int, kcfg: str, timeout: float) -> dict[str, Any]:
     env = {**os.environ, "KUBECONFIG": kcfg, "KUBEFORGE_METRICS_PORT": str(mport),
            "KUBEFORGE_STORE_ROOT": "s3://bench/store"}
     log = open(f"/tmp/{ns}-operator.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "kubeforge", "operator", "-n", ns, "--liveness",
-                             f"http://127.0.0.1:{lport}/healthz"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    if baseline is not None:
+        env["PYTHONPATH"] = str(baseline / "operator")  # ahead of the editable install of this checkout
+    rss_before = 0.0
+    restarted = False
+    proc = start_operator(ns, env, lport, log)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{lport}/healthz", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"operator did not start; see /tmp/{ns}-operator.log") from None
-                time.sleep(0.3)
+        api_before = apiserver_requests(custom.api_client)
         base = reconcile_total(mport)
         job_watch = Watcher(batch.list_namespaced_job, ns)
         time.sleep(1)
@@ -162,13 +213,19 @@ def run(n: int, kcfg: str, timeout: float) -> dict[str, Any]:
                 raise RuntimeError(f"only {len(want & (job_watch.seen.keys() | listed))}/{n} Jobs after {timeout}s")
             if proc.poll() is not None:
                 raise RuntimeError(f"operator exited; see /tmp/{ns}-operator.log")
+            if restart and not restarted and len(job_watch.seen) >= n // 2:
+                rss_before = peak_rss_mib(proc.pid)
+                stop_operator(proc)
+                proc = start_operator(ns, env, lport, log)
+                base, restarted = 0.0, True
             if time.monotonic() >= next_list:  # a missed watch event must not stall the run
                 listed = set(job_times(batch, ns))
                 next_list = time.monotonic() + 3
             time.sleep(0.2)
         total = time.monotonic() - t0
         reconciles = reconcile_total(mport) - base
-        rss = peak_rss_mib(proc.pid)
+        rss = max(rss_before, peak_rss_mib(proc.pid))
+        requests = operator_requests(api_before, apiserver_requests(custom.api_client))
         job_watch.stop()
         watched = [job_watch.seen[f"tj-{i:05d}-sft-g1"] - created_at[f"tj-{i:05d}"] for i in range(n)
                    if f"tj-{i:05d}-sft-g1" in job_watch.seen]
@@ -179,16 +236,17 @@ def run(n: int, kcfg: str, timeout: float) -> dict[str, Any]:
             (job_ts[f"{t['metadata']['name']}-sft-g1"] - parse_ts(t["metadata"]["creationTimestamp"])).total_seconds()
             for t in tjs if f"{t['metadata']['name']}-sft-g1" in job_ts
         ]
+        extra = sorted(set(job_times(batch, ns)) - want)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_operator(proc)
         log.close()
         core.delete_namespace(ns)
     return {
+        "operator": "baseline" if baseline is not None else "this checkout",
         "n": n,
+        "restarted": restarted,
+        "duplicate_or_extra_jobs": len(extra),
+        "api_requests_per_object": round(requests / n, 1),
         "create_seconds": round(t_created, 2),
         "total_seconds": round(total, 2),
         # Watch timing when the watch saw every Job, else the server-side timestamps.
@@ -213,19 +271,22 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900, help="Seconds to wait for all Jobs.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBEFORGE_BENCH_KUBECONFIG"))
+    parser.add_argument("--baseline", type=Path, help="Also run the operator of this checkout first (before/after).")
+    parser.add_argument("--restart", action="store_true", help="Restart the operator when half the Jobs exist.")
     args = parser.parse_args()
     sizes = [20] if args.quick else (args.n or [100])
     kcfg = args.kubeconfig or kubeconfig()
     results = []
     for n in sizes:
-        results.append(run(n, kcfg, args.timeout))
-        print(json.dumps(results[-1]), flush=True)
-    print(f"\n{'N':>6} {'total s':>8} {'p50 s':>7} {'p95 s':>7} {'ts p50':>7} {'ts p95':>7} {'jobs/s':>7} "
-          f"{'recs/s':>7} {'RSS MiB':>8}")
+        for source in ([args.baseline] if args.baseline else []) + [None]:
+            results.append(run(n, kcfg, args.timeout, source, args.restart))
+            print(json.dumps(results[-1]), flush=True)
+    print(f"\n{'operator':>13} {'N':>5} {'create s':>8} {'total s':>8} {'p50 s':>7} {'p95 s':>7} {'jobs/s':>7} "
+          f"{'req/obj':>7} {'RSS MiB':>8} {'extra':>5}")
     for r in results:
-        print(f"{r['n']:>6} {r['total_seconds']:>8} {r['latency_p50_s']:>7} {r['latency_p95_s']:>7} "
-              f"{r['ts_latency_p50_s']:>7} {r['ts_latency_p95_s']:>7} {r['jobs_per_second']:>7} "
-              f"{r['reconciles_per_second']:>7} {r['operator_peak_rss_mib']:>8}")
+        print(f"{r['operator']:>13} {r['n']:>5} {r['create_seconds']:>8} {r['total_seconds']:>8} "
+              f"{r['latency_p50_s']:>7} {r['latency_p95_s']:>7} {r['jobs_per_second']:>7} "
+              f"{r['api_requests_per_object']:>7} {r['operator_peak_rss_mib']:>8} {r['duplicate_or_extra_jobs']:>5}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -6,6 +6,7 @@
 # module proxy. k8s.io/kubernetes replaces its staging modules with ./staging paths,
 # so we generate a throwaway module whose replace list is derived from upstream's
 # own go.mod at build time. Outputs are cached keyed on versions: a warm run is a no-op.
+# Usage: hack/build-tools.sh [kwok|helm|etcd|kubernetes|kubelet ...]   (no argument: all of them)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
@@ -101,24 +102,42 @@ build_etcd() {
   stamp_set etcd "$key"
 }
 
-build_plain() {  # name module-path version binaries...
-  local name="$1" module="$2" version="$3"; shift 3
-  if stamp_ok "$name" "$name-$version" && [[ -x "$BIN/$name" ]]; then log "$name $version: cached"; return; fi
-  log "building $name $version"
-  for pkg in "$@"; do GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "$module/$pkg@$version"; done
-  stamp_set "$name" "$name-$version"
+# helm's own version (else `helm version` says "v3.22") and the Kubernetes version that `helm template` and
+# `helm lint` assume without a cluster or --kube-version: helm's Makefile sets both, `go install` alone
+# leaves v1.20, which fails any chart with a kubeVersion constraint (ours: >=1.30). Ours: K8S_VERSION's.
+helm_ldflags() {
+  local minor="${K8S_VERSION#v1.}" v=helm.sh/helm/v3; minor="${minor%%.*}"
+  printf '%s' "-s -w -X $v/internal/version.version=$HELM_VERSION -X $v/internal/version.gitTreeState=clean \
+-X $v/pkg/chartutil.k8sVersionMajor=1 -X $v/pkg/chartutil.k8sVersionMinor=$minor \
+-X $v/pkg/lint/rules.k8sVersionMajor=1 -X $v/pkg/lint/rules.k8sVersionMinor=$minor"
 }
 
-main() {
-  local start=$SECONDS
+build_plain() {  # name module-path version ldflags binaries...
+  local name="$1" module="$2" version="$3" ldflags="$4"; shift 4
+  # Keyed on the version and, beyond the default "-s -w", the ldflags: changing either rebuilds.
+  local key="$name-$version"
+  [[ "$ldflags" == "-s -w" ]] || key="$key-$(printf '%s' "$ldflags" | sha256sum | cut -c1-12)"
+  if stamp_ok "$name" "$key" && [[ -x "$BIN/$name" ]]; then log "$name $version: cached"; return; fi
+  log "building $name $version"
+  for pkg in "$@"; do GOBIN="$BIN" go install -trimpath -ldflags "$ldflags" "$module/$pkg@$version"; done
+  stamp_set "$name" "$key"
+}
+
+build_kwok() { build_plain kwok sigs.k8s.io/kwok "$KWOK_VERSION" "-s -w" cmd/kwok cmd/kwokctl; }
+build_helm() { build_plain helm helm.sh/helm/v3 "$HELM_VERSION" "$(helm_ldflags)" cmd/helm; }
+
+main() {  # [tool...]: build only those (e.g. `hack/build-tools.sh helm`); none: every tool
+  local start=$SECONDS tool tools=("$@")
+  ((${#tools[@]})) || tools=(kwok helm etcd kubernetes kubelet)
   # One build at a time: test sessions starting together must not both write the same binaries.
   exec 8>"$TOOLS_DIR/.build.lock"
   flock 8
-  build_plain kwok sigs.k8s.io/kwok "$KWOK_VERSION" cmd/kwok cmd/kwokctl
-  build_plain helm helm.sh/helm/v3 "$HELM_VERSION" cmd/helm
-  build_etcd
-  build_kubernetes
-  build_kubelet
+  for tool in "${tools[@]}"; do
+    case "$tool" in
+      kwok|helm|etcd|kubernetes|kubelet) "build_$tool" ;;
+      *) log "unknown tool $tool (kwok helm etcd kubernetes kubelet)"; exit 2 ;;
+    esac
+  done
   log "done in $((SECONDS - start))s; binaries in $BIN"
   echo "$BIN"
 }

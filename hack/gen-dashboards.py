@@ -491,7 +491,9 @@ def build() -> dict[str, str]:
         unit="short",
         description="Summed over the workers of a distributed job.",
     )
-    b.panel("Steps per minute", [(f"max by ({BY}) (rate(kubeforge_train_step{{{T}}}[{RI}])) * 60", L)], unit="short")
+    # kubeforge_train_step is a gauge (a resumed job restarts from its checkpoint's step): deriv, not rate,
+    # which would read every decrease as a counter reset and spike.
+    b.panel("Steps per minute", [(f"max by ({BY}) (deriv(kubeforge_train_step{{{T}}}[{RI}])) * 60", L)], unit="short")
     b.row("GPUs (DCGM exporter)")
     G = 'namespace=~"$namespace", pod=~"$name-.*"'
     b.panel(

@@ -210,6 +210,18 @@ wait_node() {
     || die "node $NODE_NAME not Ready (see $RUN_DIR/logs/kubelet.log)"
 }
 
+# localStorageCapacityIsolation is off (see the header), so the kubelet reports no ephemeral-storage, and the
+# scheduler and the kubelet's admission would refuse every workload pod: they request ephemeral-storage for
+# their /tmp emptyDir. Advertise the node filesystem's size, what a kubelet with isolation reports (cAdvisor's
+# root filesystem capacity); the kubelet keeps a capacity it does not manage and derives allocatable from it.
+advertise_ephemeral_storage() {
+  local kib
+  kib="$(df -Pk "$RUN_DIR" | awk 'NR == 2 {print $2}')"
+  [[ "$kib" =~ ^[0-9]+$ ]] || die "cannot read the size of the filesystem under $RUN_DIR"
+  kc patch node "$NODE_NAME" --subresource=status --type=merge \
+    -p "{\"status\": {\"capacity\": {\"ephemeral-storage\": \"${kib}Ki\"}}}" >/dev/null
+}
+
 # Pods on the bridge reach the API server through the `kubernetes` Service's ClusterIP. There is no kube-proxy
 # here, so one DNAT rule does its job for that one Service (the API server listens on the node IP too).
 service_route() {
@@ -236,6 +248,7 @@ cmd_up() {
   push_and_pull "$env_file"
   start_kubelet
   wait_node
+  advertise_ephemeral_storage
   service_route
   # Static PersistentVolumes on this node (hostPath under $RUN_DIR/volumes) carry this class.
   mkdir -p "$RUN_DIR/volumes"

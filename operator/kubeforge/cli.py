@@ -122,6 +122,10 @@ def operator(
     liveness: str | None = typer.Option(
         "http://0.0.0.0:8081/healthz", "--liveness", help="kopf liveness endpoint URL (empty: off)."
     ),
+    readiness: str | None = typer.Option(
+        "http://0.0.0.0:8082/readyz", "--readiness",
+        help="Readiness endpoint URL: started and the API server serves the Kubeforge API (empty: off).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", help="Verbose logging."),
     debug: bool = typer.Option(False, "--debug", help="Debug logging."),
     standalone: bool = typer.Option(
@@ -129,9 +133,14 @@ def operator(
     ),
 ) -> None:
     """Run the Kubeforge operator (kopf; by default standalone: one replica, no peering)."""
+    import threading
+
     import kopf
 
-    from . import controllers  # noqa: F401  (registers the handlers)
+    from . import (
+        controllers,  # noqa: F401  (registers the handlers)
+        health,
+    )
     from .settings import OperatorSettings
 
     namespaces = list(namespace) or list(OperatorSettings.from_env().namespaces)
@@ -139,12 +148,19 @@ def operator(
         console.print("[red]error[/] pass --namespace NS (repeatable) or --all-namespaces")
         raise typer.Exit(2)
     kopf.configure(verbose=verbose, debug=debug)
-    kopf.run(
-        standalone=standalone,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness or None,
-    )
+    started = threading.Event()  # kopf sets it once the startup handlers are done
+    server = health.serve(readiness, started) if readiness else None
+    try:
+        kopf.run(
+            standalone=standalone,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness or None,
+            ready_flag=started,
+        )
+    finally:
+        if server is not None:
+            server.stop()
 
 
 dev_app = typer.Typer(help="Developer tools.", no_args_is_help=True)

@@ -27,6 +27,10 @@ WORKLOAD_DURATION = Histogram(
 DEPENDENCY_WAIT = Counter(
     "kubeforge_dependency_wait_total", "Reconciles that found dependencies not ready yet.", ["kind"]
 )
+QUEUE_DEPTH = Gauge("kubeforge_workqueue_depth", "Keys waiting in the work queue for a consumer.")
+QUEUE_RETRIES = Counter(
+    "kubeforge_workqueue_retries_total", "Failed passes re-added to the work queue with backoff.", ["kind"]
+)
 
 _server_lock = threading.Lock()
 _server_port: int | None = None

@@ -52,6 +52,10 @@ class OperatorSettings(BaseModel):
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Operator metrics port (0: off).")
     namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch (empty: all).")
     poll_interval: float = Field(default=2.0, gt=0, description="Seconds between checks of running work.")
+    workers: int = Field(
+        default=16, ge=1, le=1024,
+        description="Consumers of the work queue: passes that may run at once (each is mostly API waits).",
+    )
     workload_pod_defaults: WorkloadPodDefaults = Field(
         default_factory=WorkloadPodDefaults, description="Pod settings applied to every workload pod."
     )
@@ -83,6 +87,8 @@ class OperatorSettings(BaseModel):
             values["metrics_port"] = int(env["KUBEFORGE_METRICS_PORT"])
         if env.get("KUBEFORGE_POLL_INTERVAL"):
             values["poll_interval"] = float(env["KUBEFORGE_POLL_INTERVAL"])
+        if env.get("KUBEFORGE_WORKERS"):
+            values["workers"] = int(env["KUBEFORGE_WORKERS"])
         if env.get("KUBEFORGE_WATCH_NAMESPACES"):
             values["namespaces"] = tuple(n.strip() for n in env["KUBEFORGE_WATCH_NAMESPACES"].split(",") if n.strip())
         if env.get("KUBEFORGE_WORKLOAD_POD_DEFAULTS"):

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
@@ -58,6 +58,10 @@ class ResolvedInput(KubeModel):
     name: str = Field(description="Producer name (or the URI).")
     uri: str = Field(description="Artifact location.")
     digest: str | None = Field(default=None, description="Artifact digest when produced.")
+    split: Literal["train", "validation", "test"] | None = Field(
+        default=None,
+        description="Dataset split the stage reads from this input (ModelDeployment `heldOut`); unset: its default.",
+    )
 
     def lineage(self) -> LineageEntry:
         """This input as a lineage entry."""
@@ -73,7 +77,7 @@ class StageConfig(KubeModel):
         default_factory=dict,
         description=(
             "Resolved references. Keys: `dataset` (main data), `parentDataset` (fromDataset), `model` "
-            "(base/policy/model under test), `rewardModel`, `calibration`."
+            "(base/policy/model under test), `rewardModel`, `calibration`, `heldOut` (ModelDeployment parity text)."
         ),
     )
     output_uri: str = Field(description="Where the artifact is written.")

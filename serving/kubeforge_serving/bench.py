@@ -1,8 +1,10 @@
-"""Serving benchmark: PyTorch eager vs ORT fp32/int8/fp16 in-process vs Triton gRPC fp32/int8.
+"""Serving benchmark: PyTorch eager vs ORT fp32/fp16 and the three int8 modes in-process vs Triton gRPC fp32/int8.
 
 Each backend is timed in its own subprocess: live ORT sessions spin threads and distort torch
-timings in the same process. Parity (max |logit diff|, argmax agreement) is against PyTorch eager
-on the same batch-8 inputs. `python bench/serving.py` or `python -m kubeforge_serving bench`.
+timings in the same process. Parity (max |logit diff|, argmax agreement, top-5 overlap) is against
+PyTorch eager on the same batch-8 inputs (random tokens: the model is random-init and has no
+tokenizer). int8 modes: `int8` dynamic, `int8static` (calibrated on 16 random-token sequences),
+`int8wo` weight-only (MatMulNBits, 8 bits). `python bench/serving.py` or `python -m kubeforge_serving bench`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ["torch", "ort-fp32", "ort-int8", "ort-fp16", "triton-fp32", "triton-int8"]
-ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8-dynamic.onnx", "fp16": "model.fp16.onnx"}
+from .parity import logit_stats
+
+BACKENDS = ["torch", "ort-fp32", "ort-int8", "ort-int8static", "ort-int8wo", "ort-fp16", "triton-fp32", "triton-int8"]
+ONNX_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model.int8-dynamic.onnx",
+    "int8static": "model.int8-static.onnx",
+    "int8wo": "model.int8-weight-only.onnx",
+    "fp16": "model.fp16.onnx",
+}
 
 
 def build(work: Path, hidden: int, layers: int, vocab: int) -> dict[str, Any]:
@@ -28,8 +38,8 @@ def build(work: Path, hidden: int, layers: int, vocab: int) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .export import export_with_parity
-    from .quantize import quantize
+    from .export import export_with_parity, file_size
+    from .quantize import quantize, quantize_int8_static
     from .repository import ModelSettings, build_repository
 
     torch.manual_seed(0)
@@ -50,8 +60,11 @@ def build(work: Path, hidden: int, layers: int, vocab: int) -> dict[str, Any]:
     model.save_pretrained(str(work / "model"))
     exp = export_with_parity(work / "model", work / "onnx", max_logit_diff=1e-2)
     sizes = {"fp32": exp["fp32SizeBytes"]}
-    for mode, key in (("int8-dynamic", "int8"), ("fp16", "fp16")):
+    for mode, key in (("int8-dynamic", "int8"), ("int8-weight-only", "int8wo"), ("fp16", "fp16")):
         sizes[key] = quantize(work / "onnx", mode)["sizeBytes"]
+    calib = [_inputs(1, 64, vocab, seed=100 + i) for i in range(16)]
+    quantize_int8_static(work / "onnx" / "model.onnx", work / "onnx" / ONNX_FILES["int8static"], calib)
+    sizes["int8static"] = file_size(work / "onnx" / ONNX_FILES["int8static"])
     for key in ("fp32", "int8"):
         build_repository(
             work / "repo",
@@ -62,8 +75,8 @@ def build(work: Path, hidden: int, layers: int, vocab: int) -> dict[str, Any]:
     return {"parameters": exp["parameters"], "sizes": sizes}
 
 
-def _inputs(batch: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(batch)
+def _inputs(batch: int, seq: int, vocab: int, seed: int | None = None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch if seed is None else seed)
     ids = rng.integers(3, vocab, size=(batch, seq), dtype=np.int64)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
@@ -88,7 +101,7 @@ def worker(
     elif backend.startswith("ort-"):
         from .export import ort_session
 
-        sess = ort_session(work / "onnx" / ONNX_FILES[backend[4:]], threads=threads)
+        sess = ort_session(work / "onnx" / ONNX_FILES[backend.removeprefix("ort-")], threads=threads)
 
         def run(x: dict[str, np.ndarray]) -> np.ndarray:
             return np.asarray(sess.run(["logits"], x)[0])
@@ -181,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads(line[6:])
         ref = np.load(work / "logits-torch.npy") if (work / "logits-torch.npy").is_file() else None
         got = np.load(work / f"logits-{backend}.npy") if (work / f"logits-{backend}.npy").is_file() else None
-        diff = agree = None
+        diff = agree = top5 = None
         if ref is not None and got is not None:
-            diff = float(np.abs(ref - got).max())
-            agree = float((ref.argmax(-1) == got.argmax(-1)).mean())
-        prec = "fp32" if backend == "torch" else backend.split("-")[1]
+            stats = logit_stats(ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1]))
+            diff, agree, top5 = stats["maxAbsLogitDelta"], stats["agreement"], stats["top5Overlap"]
+        prec = "fp32" if backend == "torch" else backend.split("-", 1)[1]
         for b, lat in res["batches"].items():
             arr = np.asarray(lat) * 1000
             rows.append(
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     "size_mb": info["sizes"][prec] / 1e6,
                     "max_logit_diff": diff,
                     "argmax_agreement": agree,
+                    "top5_overlap": top5,
                     "iters": len(lat),
                 }
             )
@@ -206,15 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         f"total {time.monotonic() - t0:.0f}s"
     )
     head = (
-        f"{'backend':<12}{'batch':>6}{'p50 ms':>10}{'p95 ms':>10}{'seq/s':>9}{'size MB':>9}{'max|Δ|':>10}{'argmax':>8}"
+        f"{'backend':<16}{'batch':>6}{'p50 ms':>10}{'p95 ms':>10}{'seq/s':>9}{'size MB':>9}{'max|Δ|':>10}"
+        f"{'argmax':>8}{'top5':>8}"
     )
     print(head)
     for r in rows:
         d = "-" if r["max_logit_diff"] is None else f"{r['max_logit_diff']:.2e}"
         g = "-" if r["argmax_agreement"] is None else f"{r['argmax_agreement']:.3f}"
+        t = "-" if r["top5_overlap"] is None else f"{r['top5_overlap']:.3f}"
         print(
-            f"{r['backend']:<12}{r['batch']:>6}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['seq_per_s']:>9.1f}"
-            f"{r['size_mb']:>9.1f}{d:>10}{g:>8}"
+            f"{r['backend']:<16}{r['batch']:>6}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['seq_per_s']:>9.1f}"
+            f"{r['size_mb']:>9.1f}{d:>10}{g:>8}{t:>8}"
         )
     body = {"parameters": info["parameters"], "seq": a.seq, "threads": a.threads, "rows": rows}
     print(json.dumps(body))

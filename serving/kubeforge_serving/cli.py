@@ -33,7 +33,9 @@ def quantize_main(argv: list[str] | None = None) -> int:
     """Quantize an export directory's model.onnx; parity vs the PyTorch fp32 logits saved by export."""
     p = argparse.ArgumentParser(prog="kubeforge_serving quantize", description=quantize_main.__doc__)
     p.add_argument("--export-dir", required=True)
-    p.add_argument("--mode", required=True, choices=["fp16", "int8-dynamic", "int8-static", "tensorrt"])
+    p.add_argument(
+        "--mode", required=True, choices=["fp16", "int8-dynamic", "int8-static", "int8-weight-only", "tensorrt"]
+    )
     p.add_argument("--calibration", help="Dataset artifact dir (train/validation/test.parquet) for int8-static")
     p.add_argument("--split", default="train")
     p.add_argument("--samples", type=int, default=64)

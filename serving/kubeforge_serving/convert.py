@@ -83,6 +83,38 @@ def _tokenizer_dir(spec: Any, model_dir: Path) -> Path:
     raise ServingError(f"no tokenizer in {model_dir}; set spec.tokenizer.uri", reason="TokenizerMissing")
 
 
+def _quality(config: StageConfig, work: Path, onnx_file: str, mode: str, task: str, tok_dir: Path) -> dict[str, Any]:
+    """status.quantization: quantized vs fp32 ONNX on the `heldOut` input's text, else on random tokens."""
+    from .parity import held_out, measure
+
+    inp = config.inputs.get("heldOut")
+    ds_dir: Path | None = None
+    note = None
+    if inp is not None:
+        try:
+            ds_dir = local_path(inp.uri)
+        except ValueError:
+            note = f"held-out Dataset/{inp.name} at {inp.uri} has no local path"
+    label = f"Dataset/{inp.name}" if inp is not None else ""
+    feeds, dataset, why = held_out(ds_dir, inp.split if inp is not None else None, label, tok_dir)
+    return measure(work, onnx_file, mode, task, feeds, dataset, note or why)
+
+
+def _quality_metrics(quality: dict[str, Any] | None) -> dict[str, float]:
+    """The three numbers as stage metrics (`quantAgreement`, `quantTop5Overlap`, `quantMaxAbsLogitDelta`)."""
+    if quality is None:
+        return {}
+    return {f"quant{k[0].upper()}{k[1:]}": float(quality[k]) for k in ("agreement", "top5Overlap", "maxAbsLogitDelta")}
+
+
+def _summary(quality: dict[str, Any]) -> str:
+    where = f"held-out {quality['dataset']}" if quality["source"] == "held-out" else "random tokens"
+    return (
+        f"quantized vs fp32 ONNX on {quality['positions']} positions of {where}: agreement {quality['agreement']:.4f}, "
+        f"top-5 overlap {quality['top5Overlap']:.4f}, max|Δlogit| {quality['maxAbsLogitDelta']:.3g}"
+    )
+
+
 def run_convert(config: StageConfig) -> StageResult:
     """Do the conversion; raises ServingError on expected failures."""
     from .data import load_texts
@@ -133,6 +165,25 @@ def run_convert(config: StageConfig) -> StageResult:
         samples=q.calibration_samples,
         max_logit_diff=q.max_logit_diff,
     )
+    quality: dict[str, Any] | None = None
+    if q.mode != "none" and not qrep.get("skipped"):
+        from .parity import below_gate
+
+        quality = _quality(config, work, str(qrep["onnx"]), q.mode, exp["task"], tok_dir)
+        if q.min_agreement is not None:
+            quality["minAgreement"] = q.min_agreement
+        qrep["parity"] = quality
+        problem = below_gate(quality, q.min_agreement)
+        if problem is not None:
+            _write(out / REPORT_FILE, json.dumps({"export": exp, "quantization": qrep}, indent=2, default=str))
+            return StageResult(
+                succeeded=False,
+                reason="QuantizationQualityBelowGate",
+                message=problem,
+                lineage=[config.inputs[k].lineage() for k in sorted(config.inputs)],
+                metrics=_quality_metrics(quality),
+                details={"quantization": quality},
+            )
     _progress(config, 2, total, "repository")
     name = str(res.metadata.get("name") or "model")
     version = int(res.metadata.get("generation") or 1)
@@ -196,16 +247,19 @@ def run_convert(config: StageConfig) -> StageResult:
     )
     if qrep.get("skipped"):
         msg += f"; {qrep['message']}"
+    if quality is not None:
+        msg += f"; {_summary(quality)}"
     return StageResult(
         succeeded=True,
         reason="Converted",
         message=msg,
         artifact=Artifact(uri=uri, digest=digest, size_bytes=size),
         lineage=[config.inputs[k].lineage() for k in sorted(config.inputs)],
-        metrics=conversion,
+        metrics={**conversion, **_quality_metrics(quality)},
         details={
             "modelRepository": uri,
             "conversion": conversion,
+            **({"quantization": quality} if quality is not None else {}),
             "modelName": name,
             "modelVersion": str(version),
             "models": repo["models"],

@@ -171,6 +171,8 @@ NEEDED = [
     ("list", "pods", "", ""), ("create", "events", "", ""), ("create", "deployments", "apps", ""),
     ("patch", "deployments", "apps", ""), ("delete", "deployments", "apps", ""),
     ("create", "horizontalpodautoscalers", "autoscaling", ""), ("patch", "horizontalpodautoscalers", "autoscaling", ""),
+    ("delete", "horizontalpodautoscalers", "autoscaling", ""), ("create", "poddisruptionbudgets", "policy", ""),
+    ("patch", "poddisruptionbudgets", "policy", ""), ("delete", "poddisruptionbudgets", "policy", ""),
 ]
 # Things a compromised operator must not be able to do.
 FORBIDDEN = [

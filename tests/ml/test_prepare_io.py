@@ -70,7 +70,7 @@ def test_hf_offline_and_s3_backend_errors() -> None:
     with pytest.raises(StageError, match=r"cannot load Hugging Face dataset 'org/none'.*pvc:// or s3://"):
         dataio.read_records("hf://org/none")
     if importlib.util.find_spec("s3fs") is None:
-        with pytest.raises(StageError, match=r"pip install s3fs"):
+        with pytest.raises(StageError, match=r"pip install 'kubeforge\[s3\]'"):
             dataio.read_records("s3://bucket/key.jsonl")
     else:  # the backend resolves (no request is made until files are listed)
         fs, path = dataio._fs("s3://bucket/key.jsonl")

@@ -232,7 +232,7 @@ def build_cases() -> list[Case]:
         cases.append(Case(f"Evaluation/{cid}", make("Evaluation", conds), expected, text))
     # Other kinds never carry Passed; if one did, Succeeded alone decides.
     cases.append(Case("TrainingJob/passed-false-ignored", make("TrainingJob", [
-        cond("Succeeded", "True", "JobSucceeded"), cond("Passed", "False", "ThresholdsNotMet")]), "Healthy"))
+        cond("Succeeded", "True", "JobSucceeded"), cond("Passed", "False", "ThresholdsFailed")]), "Healthy"))
     for cid, conds, gen, observed, expected, text in MD_CASES:
         cases.append(Case(f"ModelDeployment/{cid}", make("ModelDeployment", conds, gen, observed), expected, text))
     # The operator's own failure reasons (Warning events) must all read Degraded in Argo CD.
@@ -347,8 +347,12 @@ def test_helm_values_carry_the_same_keys() -> None:
 def test_tables_come_from_the_operator() -> None:
     """FAILURE_REASONS is the operator's WARNING_REASONS; every reason the operator writes on Ready /
     DependenciesReady=False is classified (a new one must be placed in a table or declared progressing)."""
+    from kubeforge.api.v1alpha1 import conditions
+
     consts = render.operator_constants()
-    assert render.failure_reasons() == sorted(consts["WARNING_REASONS"])
+    assert render.failure_reasons() == sorted(consts["WARNING_REASONS"]) == sorted(conditions.WARNING_REASONS)
+    for lua_name, const in render.CONDITION_TYPES.items():
+        assert consts[const] == getattr(conditions, const), lua_name
     block = render.generated_block()
     for reason in render.failure_reasons():
         assert f" {reason} = true," in block

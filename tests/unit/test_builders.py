@@ -94,7 +94,7 @@ def test_modeldeployment_canary_with_hpa_golden() -> None:
         canary_version="g3", canary_repository="pvc://kubeforge-artifacts/ml/modeldeployment/chat",
     )
     kinds = [c["kind"] for c in children]
-    assert kinds == ["Service", "Deployment", "Deployment", "HorizontalPodAutoscaler"]
+    assert kinds == ["Service", "Deployment", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
     stable, canary = children[1], children[2]
     assert "replicas" not in stable["spec"], "the HPA owns the stable replica count"
     assert canary["spec"]["replicas"] == 1  # ceil(minReplicas 2 * 25 / 100)
@@ -122,13 +122,60 @@ def test_modeldeployment_replace_golden() -> None:
     children = modeldeployment.get_serving_children(
         md, SETTINGS, stable_version="g1", stable_repository="pvc://kubeforge-artifacts/ml/modeldeployment/chat"
     )
-    assert [c["kind"] for c in children] == ["Service", "Deployment"]
+    assert [c["kind"] for c in children] == ["Service", "Deployment", "PodDisruptionBudget"]
     deploy = children[1]["spec"]["template"]["spec"]["containers"][0]
     assert deploy["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert deploy["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert [p["containerPort"] for p in deploy["ports"]] == [8000, 8001, 8002]
     assert "--model-repository=/mnt/pvc/kubeforge-artifacts/ml/modeldeployment/chat" in deploy["args"]
     _check_golden("modeldeployment-chat-serving-replace", children)
+
+
+@pytest.mark.parametrize(("spec", "pdb"), [
+    ({"autoscaling": None, "replicas": 1}, False),
+    ({"autoscaling": None, "replicas": 2}, True),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 1}}, False),
+    ({"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}, True),
+])
+def test_pdb_only_when_triton_can_have_more_than_one_pod(spec: dict[str, Any], pdb: bool) -> None:
+    md = _with_meta(_md(**spec))
+    children = modeldeployment.get_serving_children(md, SETTINGS, stable_version="g1", stable_repository="s3://m/c")
+    budgets = [c for c in children if c["kind"] == "PodDisruptionBudget"]
+    assert bool(budgets) is pdb and (modeldeployment.get_pdb(md) is not None) is pdb
+    if pdb:
+        (budget,) = budgets
+        assert budget["apiVersion"] == "policy/v1" and budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"] == children[0]["spec"]["selector"]  # both tracks
+        assert budget["metadata"]["ownerReferences"][0]["uid"] == "uid-modeldeployment-chat"
+
+
+def test_pods_request_and_bound_ephemeral_storage() -> None:
+    """Every container requests and limits ephemeral-storage; every disk-backed emptyDir has a sizeLimit."""
+    pipeline = _pipeline()
+    tj = pipeline["chat-sft"].to_wire()
+    tj["spec"]["resources"] = {**tj["spec"].get("resources", {}), "gpu": 1, "ephemeralStorage": "50Gi"}
+    sft = _with_meta(TrainingJob.model_validate(tj))
+    md = _with_meta(_md())
+    pods = [
+        c["spec"]["template"]["spec"]
+        for children in (
+            *(BUILDERS[r.kind](r, _inputs(r), SETTINGS) for r in pipeline.values()),  # type: ignore[operator]
+            trainingjob.get_children(sft, _inputs(sft), SETTINGS),  # type: ignore[arg-type]
+            modeldeployment.get_serving_children(md, SETTINGS, stable_version="g1", stable_repository="s3://m/c"),
+        )
+        for c in children if c["kind"] in ("Job", "Deployment")
+    ]
+    assert len(pods) == 11
+    for pod in pods:
+        (container,) = pod["containers"]
+        size = container["resources"]["requests"]["ephemeral-storage"]
+        assert container["resources"]["limits"]["ephemeral-storage"] == size
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["tmp"]["emptyDir"] == {"sizeLimit": size}
+        for v in volumes.values():
+            if "emptyDir" in v:
+                assert v["emptyDir"].get("sizeLimit"), v
+    assert {p["containers"][0]["resources"]["requests"]["ephemeral-storage"] for p in pods} == {"20Gi", "50Gi"}
 
 
 @pytest.mark.parametrize(("total", "weight", "expected"), [(2, 25, (1, 1)), (10, 20, (8, 2)), (1, 20, (1, 1)),

@@ -32,7 +32,7 @@ ALLOWED_RESOURCES = {
                                      "modeldeployments") for r in (kind, f"{kind}/status", f"{kind}/finalizers")
 } | {
     ("batch", "jobs"), ("", "configmaps"), ("", "services"), ("", "pods"), ("", "events"),
-    ("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"),
+    ("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets"),
     ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"),
 }
 READ_ONLY = {("", "pods"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
@@ -106,6 +106,20 @@ def test_lint_strict(helm: str, values: dict[str, str]) -> None:
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
 
 
+def test_plain_helm_template_works(helm: str) -> None:
+    """hack/build-tools.sh links helm with its version and a current Kubernetes version: without them helm
+    assumes v1.20 and refuses the chart's kubeVersion (>=1.30) unless every call passes --kube-version."""
+    import re
+
+    script = (ROOT / "hack" / "build-tools.sh").read_text()
+    helm_version = re.search(r'HELM_VERSION="\$\{HELM_VERSION:-(v[\d.]+)\}"', script)
+    assert helm_version is not None
+    version = subprocess.run([helm, "version", "--short"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith(helm_version.group(1)), version
+    proc = subprocess.run([helm, "template", "kf", str(CHART)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_default_render_has_the_expected_objects(render: Render) -> None:
     objs = render()
     kinds = sorted(o["kind"] for o in objs)
@@ -136,10 +150,13 @@ def test_deployment_is_single_replica_recreate_and_restricted(render: Render) ->
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert ports == {"metrics": 8080, "health": 8081, "ready": 8082}
+    # Liveness (kopf: the event loop answers) and readiness (started, API server serves the Kubeforge group)
+    # are different endpoints: an API server outage makes the pod NotReady, it does not restart it.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
     assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"]
+    assert "--readiness=http://0.0.0.0:8082/readyz" in c["args"]
     assert "--standalone" in c["args"] and "--all-namespaces" in c["args"]
 
 
@@ -248,6 +265,15 @@ def test_namespaced_rbac_has_roles_per_namespace_and_no_cluster_writes(render: R
     assert "--all-namespaces" not in c["args"]
 
 
+def test_probe_endpoints_follow_the_values(render: Render) -> None:
+    dep = one(render({"health.readiness.port": "9090", "health.readiness.path": "/ready"}), "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "ready", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
+    assert "--readiness=http://0.0.0.0:9090/ready" in c["args"]
+    assert c["livenessProbe"]["httpGet"] != c["readinessProbe"]["httpGet"]
+
+
 @pytest.mark.parametrize(("values", "present", "keep"), [
     ({}, True, True),
     ({"crds.keep": "false"}, True, False),
@@ -305,6 +331,7 @@ def test_helm_test_pod_checks_the_metrics_service(render: Render) -> None:
     ({"prometheusRule.stuckAfter": "six hours"}, "/prometheusRule/stuckAfter"),
     ({"workloadPodDefaults.securityContext.runAsUser": "0"}, "/workloadPodDefaults"),
     ({"workloadPodDefaults.tolerations[0].operator": "Maybe"}, "/workloadPodDefaults/tolerations/0/operator"),
+    ({"health.readiness.path": "readyz"}, "/health/readiness/path"),
 ])
 def test_schema_rejects_bad_values(helm: str, values: dict[str, str], field: str) -> None:
     proc = subprocess.run([helm, "template", "kf", str(CHART), "--kube-version", KUBE_VERSION, *_set_args(values)],
@@ -329,6 +356,7 @@ def test_rendered_crds_equal_the_generated_ones(render: Render) -> None:
 RESOURCE_OF = {
     "Job": ("batch", "jobs"), "Pod": ("", "pods"), "ConfigMap": ("", "configmaps"), "Service": ("", "services"),
     "Deployment": ("apps", "deployments"), "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
 }
 
 
@@ -362,6 +390,9 @@ def test_rbac_covers_every_call_the_operator_makes(render: Render) -> None:
     """Fails when a controller starts using a verb/resource the chart does not grant."""
     calls = operator_api_calls()
     assert ("list", "", "pods") in calls and ("delete", "batch", "jobs") in calls  # the scan works
+    # Optional serving children are pruned when the spec stops asking for them.
+    assert {("delete", "autoscaling", "horizontalpodautoscalers"), ("create", "policy", "poddisruptionbudgets"),
+            ("delete", "policy", "poddisruptionbudgets")} <= calls
     for objs in (render(), render({"watchNamespaces": "{team-a}"})):
         rules = _rules(objs, "ClusterRole") + _rules(objs, "Role")
         granted = {(v, g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]

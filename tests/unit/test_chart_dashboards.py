@@ -130,6 +130,32 @@ def test_dashboard_metrics_follow_the_contract(path: Path) -> None:
     assert not missing, f"{path.name} does not chart {missing}"
 
 
+def gauges() -> set[str]:
+    """Metrics that go up and down: the operator's prometheus_client Gauges, every trainer metric (set per
+    step by kubeforge_trainer.runtime), DCGM's readings."""
+    from kubeforge import metrics
+    from prometheus_client import Gauge
+
+    operator = {m._name for m in vars(metrics).values() if isinstance(m, Gauge)}
+    assert "kubeforge_resources" in operator
+    return operator | TRAINER_METRICS | DCGM_METRICS
+
+
+COUNTER_FUNCTIONS = re.compile(r"\b(rate|irate|increase)\(\s*([A-Za-z_:][A-Za-z0-9_:]*)")
+
+
+def test_no_counter_function_over_a_gauge() -> None:
+    """rate()/irate()/increase() read every decrease as a counter reset: over a gauge (a training step that
+    restarts from a checkpoint) they spike. A gauge's change per second is deriv()."""
+    sources = [(p.name, e) for p in ALL for e in exprs(load(p))]
+    rules = (ROOT / "charts" / "kubeforge" / "templates" / "prometheusrule.yaml").read_text()
+    sources.append(("prometheusrule.yaml", rules))
+    misused = [(name, fn, metric) for name, e in sources for fn, metric in COUNTER_FUNCTIONS.findall(e)
+               if metric in gauges()]
+    assert not misused, f"use deriv() on gauges: {misused}"
+    assert COUNTER_FUNCTIONS.findall("max(rate(kubeforge_train_step[5m]))") == [("rate", "kubeforge_train_step")]
+
+
 def test_metric_name_extraction() -> None:
     """The extractor is what makes the contract test meaningful: check it on a hard expression."""
     e = ('histogram_quantile(0.95, sum by (kind, le) (rate(kubeforge_reconcile_duration_seconds_bucket'

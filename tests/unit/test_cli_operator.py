@@ -30,20 +30,25 @@ def _chart_args() -> list[str]:
 
 def test_operator_cli_accepts_the_charts_arguments(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import kopf
+    from kubeforge import health
 
     seen: dict[str, object] = {}
-    # Record instead of connecting to a cluster: this test is about argument parsing only.
+    # Record instead of connecting to a cluster or binding ports: this test is about argument parsing only.
     monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(health, "serve", lambda url, started: seen.update(readiness=url, started=started))
     args = (
         _chart_args()
         if HELM.exists()
-        else ["--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]
+        else ["--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz",
+              "--readiness=http://0.0.0.0:8082/readyz"]
     )
     result = CliRunner().invoke(app, ["operator", *args])
     assert result.exit_code == 0, result.output
     assert seen["standalone"] is True
     assert seen["clusterwide"] is True
     assert seen["liveness_endpoint"] == "http://0.0.0.0:8081/healthz"
+    assert seen["readiness"] == "http://0.0.0.0:8082/readyz"
+    assert seen["ready_flag"] is seen["started"], "readiness waits for kopf's startup handlers"
 
 
 def test_operator_cli_requires_a_scope(monkeypatch) -> None:  # type: ignore[no-untyped-def]

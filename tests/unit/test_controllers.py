@@ -14,7 +14,7 @@ import kopf
 import pytest
 import yaml
 from kubeforge import controllers, stage
-from kubeforge.controllers import common, kube, resync
+from kubeforge.controllers import common, kube, resync, stages, workers
 
 NS = "ml"
 API = "kubeforge.io/v1alpha1"
@@ -261,16 +261,16 @@ def test_no_handler_needs_a_finalizer_and_startup_settings(monkeypatch: pytest.M
 
     async def start_and_stop() -> None:
         await startup(settings=settings, logger=logging.getLogger("test"))
-        assert resync._task is None, "started by the first watch event, inside kopf's context"
-        resync.ensure_started()
-        task = resync._task
-        assert task is not None and not task.done()
-        resync.ensure_started()
-        assert resync._task is task
+        assert not workers.running(), "started by the first watch event, inside kopf's context"
+        workers.ensure_started()
+        tasks = list(workers._tasks)
+        assert len(tasks) == common.settings().workers + 1 and workers.running()
+        workers.ensure_started()
+        assert workers._tasks == tasks
         await cleanup()
-        assert resync._task is None and task.cancelled()
-        resync.ensure_started()
-        assert resync._task is None, "not restarted after cleanup"
+        assert not workers._tasks and all(t.cancelled() for t in tasks)
+        workers.ensure_started()
+        assert not workers._tasks, "not restarted after cleanup"
 
     asyncio.run(start_and_stop())
     assert settings.queueing.worker_limit is None
@@ -278,31 +278,84 @@ def test_no_handler_needs_a_finalizer_and_startup_settings(monkeypatch: pytest.M
     assert settings.persistence.finalizer == "kubeforge.io/unused"  # removed from objects that still carry it
 
 
-def test_resync_loop_runs_in_kopfs_event_posting_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kopf.event needs the Event queue kopf puts into per-object task contexts; the loop must inherit it."""
+def test_consumers_run_in_kopfs_event_posting_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf.event needs the Event queue kopf puts into per-object task contexts; the consumers and the
+    resync loop must inherit it."""
     from kopf._core.engines import posting
 
     seen: list[object] = []
 
-    async def fake_loop() -> None:
+    async def fake_consume(_queue: Any) -> None:
         seen.append(posting.event_queue_var.get(None))
 
-    monkeypatch.setattr(resync, "_loop", fake_loop)
+    async def fake_resync() -> None:
+        seen.append(posting.event_queue_var.get(None))
+
+    monkeypatch.setattr(workers, "consume", fake_consume)
+    monkeypatch.setattr(resync, "run", fake_resync)
+    monkeypatch.setenv("KUBEFORGE_WORKERS", "3")
     queue: asyncio.Queue[posting.K8sEvent] = asyncio.Queue()
 
     async def kopf_object_task() -> None:
         posting.event_queue_var.set(queue)
-        resync.ensure_started()
+        workers.ensure_started()
 
     async def scenario() -> None:
-        resync.reset()
+        common.configure()
+        workers.reset()
         await asyncio.create_task(kopf_object_task())
-        assert resync._task is not None
-        await resync._task
-        await resync.stop()
+        assert len(workers._tasks) == 4
+        await asyncio.gather(*workers._tasks)
+        await workers.stop()
 
     asyncio.run(scenario())
-    assert seen == [queue]
+    assert seen == [queue] * 4
+
+
+def test_failed_pass_is_retried_with_backoff_and_a_cancelled_pass_loses_nothing(
+        api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer re-adds a failed key with backoff, and a consumer cancelled mid-pass leaves the key
+    neither stuck as queued nor processing (the old per-object lock + queued mark dropped every later wake)."""
+    api.put("Dataset", "ds", DS_SPEC)
+    calls: list[str] = []
+    gate = asyncio.Event()
+
+    async def flaky(key: common.Key) -> None:
+        calls.append(key[2])
+        if len(calls) == 1:
+            raise RuntimeError("API server hiccup")
+        if len(calls) == 2:
+            await gate.wait()  # hangs until cancelled
+
+    monkeypatch.setattr(common, "process", flaky)
+
+    async def scenario() -> None:
+        q = common.queue()
+        q.base_delay = 0.01
+        consumer = asyncio.create_task(workers.consume(q))
+        common.wake("Dataset", NS, "ds")
+        for _ in range(200):
+            if len(calls) >= 2:
+                break
+            await asyncio.sleep(0.005)
+        assert calls == ["ds", "ds"], "retried after its backoff"
+        assert q.failures(("Dataset", NS, "ds")) == 1
+        common.wake("Dataset", NS, "ds")  # arrives while the pass runs: queued again after it
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        assert q.processing == 0 and len(q) == 1
+        gate.set()
+        consumer = asyncio.create_task(workers.consume(q))
+        for _ in range(200):
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.005)
+        consumer.cancel()
+        assert calls == ["ds", "ds", "ds"]
+        assert q.failures(("Dataset", NS, "ds")) == 0
+
+    asyncio.run(scenario())
 
 
 def test_client_pool_is_sized_before_the_client_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -328,3 +381,37 @@ def test_client_pool_is_sized_before_the_client_is_built(tmp_path: Path, monkeyp
 def test_stage_config_uses_libyaml_when_present() -> None:
     expected = yaml.CSafeDumper if getattr(yaml, "__with_libyaml__", False) else yaml.SafeDumper
     assert stage._YAML_DUMPER is expected
+
+
+@pytest.mark.parametrize("kind", ["Dataset", "TrainingJob", "RewardModel", "RLHFJob", "Evaluation"])
+@pytest.mark.parametrize("passed", [True, False])
+def test_operator_and_local_runner_lift_the_same_status(kind: str, passed: bool) -> None:
+    """One meaning per kind: the same stage result gives the same status fields and conditions on the
+    cluster (controllers) and in `kubeforge run` (runner), beside test_local_stage_equals_pod."""
+    from kubeforge.runner.executor import status_from_result
+    from kubeforge.runner.state import ResourceState
+    from kubeforge.stage import StageResult
+
+    result = StageResult.model_validate({
+        "succeeded": True, "artifact": {"uri": "file:///store/x", "digest": "sha256:1"},
+        "metrics": {"accuracy": 0.5}, "progress": {"step": 3, "totalSteps": 3},
+        "lineage": [{"kind": "Dataset", "name": "ds", "uri": "file:///store/ds", "digest": "sha256:2"}],
+        "details": {"passed": passed, "failedThresholds": [] if passed else ["accuracy 0.5 (want >= 0.9)"],
+                    "sampleCount": 4, "counts": {"train": 3}},
+    })
+    body = {"apiVersion": API, "kind": kind, "metadata": {"name": "x", "namespace": NS, "generation": 1},
+            "status": {}}
+    w = common.StatusWriter.for_body(body)
+    resource = type("R", (), {"kind": kind})()
+    stages.lift_workload(w, resource, result, "file:///store/x", {})  # type: ignore[arg-type]
+    local = ResourceState(kind=kind, name="x", status=status_from_result(kind, result, {}, "file:///store/x"))
+    assert w.fields == local.status, "same status fields"
+    from kubeforge import kinds
+
+    for ctype, status, reason, message in kinds.lift(kind, result, "file:///store/x", {}).conditions:
+        local.set_condition(ctype, status, reason, message)
+    cluster = {c["type"]: (c["status"], c["reason"], c["message"]) for c in w.conditions}
+    here = {c["type"]: (c["status"], c["reason"], c["message"]) for c in local.status.get("conditions") or []}
+    assert cluster == here
+    if kind == "Evaluation":
+        assert cluster["Passed"][1] == ("ThresholdsMet" if passed else "ThresholdsFailed")

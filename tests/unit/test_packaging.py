@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -33,6 +34,38 @@ def test_image_requirements_come_from_pyproject_extras() -> None:
     bad = subprocess.run([sys.executable, str(script), str(ROOT / "pyproject.toml"), "nope"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "no extra named 'nope'" in bad.stderr
+
+
+def _requirements(*extras: str) -> list[str]:
+    script = ROOT / "hack" / "pyproject-requirements.py"
+    return subprocess.run([sys.executable, str(script), str(ROOT / "pyproject.toml"), ",".join(extras)],
+                          check=True, capture_output=True, text=True).stdout.split("\n")
+
+
+def test_train_extra_reads_s3_like_the_trainer_image() -> None:
+    """`pip install kubeforge[train]` gets the s3:// backend the trainer image has; dev brings the S3 test server."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "kubeforge[s3]" in extras["train"]
+    assert any(r.startswith("s3fs") for r in _requirements("train"))
+    assert any(r.startswith("moto[server]") for r in extras["dev"])
+    # The image's extras list adds nothing `train` lacks but QLoRA; listing s3 again is harmless (de-duplicated).
+    image = _requirements("train", "qlora", "s3")
+    assert len(image) == len(set(image))
+    assert set(image) - set(_requirements("train")) == set(extras["qlora"])
+
+
+def test_dockerfiles_and_makefile_name_existing_extras() -> None:
+    """Every EXTRAS default, `make images` build arg and `make venv` extra is an extra pyproject.toml defines."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named: dict[str, str] = {}
+    for path in (ROOT / "trainer-image" / "Dockerfile", ROOT / "serving" / "Dockerfile",
+                 ROOT / "hack" / "build-images.sh"):
+        for value in re.findall(r"EXTRAS=([\w,-]+)", path.read_text()):
+            named |= {e: path.name for e in value.split(",") if e}
+    for value in re.findall(r"install [^\n]*'\.\[([\w,-]+)\]'", (ROOT / "Makefile").read_text()):
+        named |= {e: "Makefile" for e in value.split(",")}
+    assert {"train", "qlora", "s3", "convert", "dev"} <= set(named), named
+    assert not {e: f for e, f in named.items() if e not in extras}
 
 
 def test_operator_and_cli_import_no_ml_stack() -> None:

@@ -479,7 +479,7 @@ def test_status_from_result_per_kind() -> None:
     ev = status_from_result("Evaluation", StageResult.model_validate({
         "succeeded": True, "metrics": {"rougeL": 0.5},
         "details": {"passed": True, "sampleCount": 4, "failedThresholds": []}}), {})
-    assert ev == {"metrics": {"rougeL": 0.5}, "sampleCount": 4, "failedThresholds": []}
+    assert ev == {"metrics": {"rougeL": 0.5}, "sampleCount": 4, "failedThresholds": [], "lineage": []}
 
 
 def test_get_describe_logs_and_report(tmp_path: Path, fake_stage: Path) -> None:

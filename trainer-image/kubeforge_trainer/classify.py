@@ -42,6 +42,7 @@ from .stagecommon import (
     setup_distributed,
     training_kwargs,
 )
+from .tensor_parallel import prepare_tensor_parallel
 
 MAX_INT_LABEL = 1023  # integer labels up to this are their own ids; beyond, they are named like strings
 
@@ -196,6 +197,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         model.resize_token_embeddings(len(tok))
     if regression:
         _init_regression_bias(model, float(values.mean()))
+    prepare_tensor_parallel(spec, model)
     model = apply_peft(model, spec.peft, "SEQ_CLS", tok_loc)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -68,7 +68,8 @@ def _fs(uri: str) -> tuple[AbstractFileSystem, str]:
         scheme = uri.split("://", 1)[0]
         raise StageError(
             f"{uri}: cannot open {scheme}:// storage ({exc}); install the fsspec backend for it "
-            f"(e.g. `pip install s3fs` for s3://)",
+            f"(for s3:// the `s3` extra: `pip install 'kubeforge[s3]'`, part of `kubeforge[train]` and the "
+            f"trainer image)",
             reason="StorageUnavailable",
         ) from exc
     return fs, path

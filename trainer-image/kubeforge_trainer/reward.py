@@ -34,6 +34,7 @@ from .stagecommon import (
     setup_distributed,
     training_kwargs,
 )
+from .tensor_parallel import prepare_tensor_parallel
 
 PREFERENCE_COLUMNS: list[tuple[str, ...]] = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
 
@@ -98,6 +99,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         ) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
+    prepare_tensor_parallel(spec, model)
     model = apply_peft(model, spec.peft, "SEQ_CLS")
 
     callback = ProgressCallback(reporter)

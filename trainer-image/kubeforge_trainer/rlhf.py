@@ -33,6 +33,7 @@ from .stagecommon import (
     setup_distributed,
     training_kwargs,
 )
+from .tensor_parallel import prepare_tensor_parallel
 from .train import count_trainable, save_causal_lm
 
 PROMPT_COLUMNS: list[tuple[str, ...]] = [("prompt",), ("messages",)]
@@ -143,6 +144,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         raise StageError(f"spec.policy {policy_uri} is a prefix/prompt-tuning adapter: start from its base model")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
+    prepare_tensor_parallel(spec, model)  # dpo only: the API refuses tensorParallel for online algorithms
     model = apply_peft(model, spec.peft, "CAUSAL_LM", tok_loc)
     trainable, _ = count_trainable(model)
 

@@ -89,10 +89,24 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_text(uri: str, text: str) -> None:
+    """Replace a small file: atomically for local URIs, one PUT for `s3://` and other fsspec ones.
+
+    An object store has no rename, but a single PUT replaces the object whole, so readers never see half.
+    """
+    if "://" not in uri or uri.startswith(("file://", "pvc://")):
+        _atomic_write(local_path(uri), text)
+        return
+    import fsspec
+
+    with fsspec.open(uri, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def write_result(config: StageConfig, result: StageResult) -> None:
     """Write the result file and, inside a pod, the termination message the operator reads."""
     if config.result_path:
-        _atomic_write(local_path(config.result_path), json.dumps(result.to_wire(), indent=2, sort_keys=True))
+        write_text(config.result_path, json.dumps(result.to_wire(), indent=2, sort_keys=True))
     term = Path(os.environ.get("KUBEFORGE_TERMINATION_LOG", TERMINATION_LOG))
     if term.parent.is_dir() and (term.exists() or os.environ.get("KUBEFORGE_TERMINATION_LOG")):
         with contextlib.suppress(OSError):
@@ -103,7 +117,8 @@ class ProgressReporter:
     """Rewrites progress.json (throttled) and exposes the same numbers as Prometheus gauges."""
 
     def __init__(self, config: StageConfig, min_interval: float = 1.0) -> None:
-        self.path = local_path(config.progress_path) if config.progress_path else None
+        # A URI (local or s3://: the output directory's own scheme); None writes nothing (other ranks).
+        self.path: str | None = config.progress_path or None
         self.min_interval = min_interval
         self.started = time.monotonic()
         self._last_write = 0.0
@@ -151,7 +166,7 @@ class ProgressReporter:
                 gauge.labels(**self._labels).set(float(value))
         now = time.monotonic()
         if self.path is not None and (force or now - self._last_write >= self.min_interval):
-            _atomic_write(self.path, json.dumps(self.latest.to_wire(), sort_keys=True))
+            write_text(self.path, json.dumps(self.latest.to_wire(), sort_keys=True))
             self._last_write = now
         return self.latest
 

@@ -141,13 +141,15 @@ def quiet_other_ranks(reporter: ProgressReporter) -> None:
 def setup_distributed(spec: Any) -> dict[str, Any] | None:
     """DeepSpeed config (and process-group setup) when spec.distributed.strategy is deepspeed."""
     dist = getattr(spec, "distributed", None)
-    if dist is not None and dist.strategy == "deepspeed" and dist.tensor_parallel * dist.pipeline_parallel > 1:
-        raise StageError(
-            "spec.distributed.tensorParallel/pipelineParallel > 1 is not supported by the trainer yet: set them to 1 "
-            "(ZeRO shards the model instead)"
-        )
     if dist is None or dist.strategy != "deepspeed":
         return None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % dist.tensor_parallel:
+        raise StageError(
+            f"spec.distributed.tensorParallel {dist.tensor_parallel} does not divide the {world} worker processes: "
+            "set nodes*processesPerNode to a multiple of tensorParallel",
+            reason="Unsupported",
+        )
     ensure_launcher_env()
     skip_cpu_shm_comm()
     import deepspeed

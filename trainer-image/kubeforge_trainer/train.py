@@ -40,6 +40,7 @@ from .stagecommon import (
     setup_distributed,
     training_kwargs,
 )
+from .tensor_parallel import prepare_tensor_parallel
 
 DEFAULT_VOCAB = 8192
 PRETRAIN_COLUMNS: list[tuple[str, ...]] = [("text",)]
@@ -168,6 +169,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
+    prepare_tensor_parallel(spec, model)
     model = apply_peft(model, spec.peft, "CAUSAL_LM", tok_loc)
     trainable, total = count_trainable(model)
 

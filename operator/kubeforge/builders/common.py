@@ -40,6 +40,9 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # JSON object of annotations copied onto the pod template (e.g. sidecar or test-harness annotations).
 POD_ANNOTATIONS_ANNOTATION = "kubeforge.io/pod-annotations"
 CONFIG_DIGEST_ANNOTATION = "kubeforge.io/config-digest"
+# Local disk (the /tmp emptyDir: Hugging Face cache, Triton's S3 downloads) of a pod without
+# resources.ephemeralStorage.
+DEFAULT_EPHEMERAL_STORAGE = "20Gi"
 DEEPSPEED_FILE = "deepspeed.json"
 DEEPSPEED_ENV = "KUBEFORGE_DEEPSPEED_CONFIG"
 TORCH_MASTER_PORT = 29500
@@ -136,14 +139,26 @@ def get_container_security_context() -> dict[str, Any]:
     }
 
 
+def ephemeral_storage(res: Resources) -> str:
+    """The pod's local disk: `resources.ephemeralStorage`, else DEFAULT_EPHEMERAL_STORAGE."""
+    return res.ephemeral_storage or DEFAULT_EPHEMERAL_STORAGE
+
+
 def get_resource_requirements(res: Resources) -> dict[str, Any]:
-    """Requests and limits; GPUs are extended resources, so request == limit."""
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, str] = {"memory": res.memory}
+    """Requests and limits; GPUs are extended resources, so request == limit. Ephemeral storage bounds the
+    pod's local disk (the `/tmp` emptyDir of `scratch_volume`, logs, writable layer): request == limit."""
+    disk = ephemeral_storage(res)
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory, "ephemeral-storage": disk}
+    limits: dict[str, str] = {"memory": res.memory, "ephemeral-storage": disk}
     if res.gpu:
         requests[GPU_RESOURCE] = str(res.gpu)
         limits[GPU_RESOURCE] = str(res.gpu)
     return {"requests": requests, "limits": limits}
+
+
+def scratch_volume(res: Resources) -> dict[str, Any]:
+    """The `/tmp` emptyDir, bounded like the container's ephemeral-storage (kubelet evicts beyond it)."""
+    return {"name": "tmp", "emptyDir": {"sizeLimit": ephemeral_storage(res)}}
 
 
 def get_scheduling(res: Resources, settings: OperatorSettings) -> dict[str, Any]:
@@ -350,7 +365,10 @@ def get_deepspeed_config(spec: Any) -> dict[str, Any]:
     Batch sizes, gradient accumulation and clipping are `auto` so the Hugging Face Trainer fills them from
     the same hyperparameters (it rejects mismatching explicit values); ZeRO stage, offload and mixed
     precision come from the spec. `zero_force_ds_cpu_optimizer: false` lets offload use the client AdamW
-    (DeepSpeed's CPUAdam needs a slow JIT build); ZeRO-3 gathers 16-bit weights so saving writes safetensors.
+    (DeepSpeed's CPUAdam needs a slow JIT build). `tensorParallel > 1` turns on DeepSpeed AutoTP training
+    (`tensor_parallel.autotp_size`: the Trainer calls `deepspeed.tp_model_init` and splits the data over
+    world/tp replicas). ZeRO-3 and AutoTP gather 16-bit weights on save (accelerate reads the flag for both)
+    so saving writes full safetensors rather than shards.
     """
     dist: Distributed = spec.distributed
     precision = str(getattr(spec.precision, "value", spec.precision))
@@ -363,11 +381,17 @@ def get_deepspeed_config(spec: Any) -> dict[str, Any]:
     if dist.zero_stage == 3:
         zero["stage3_prefetch_bucket_size"] = "auto"
         zero["stage3_param_persistence_threshold"] = "auto"
+    if dist.zero_stage == 3 or dist.tensor_parallel > 1:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if dist.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if dist.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    tensor_parallel: dict[str, Any] = {}
+    if dist.tensor_parallel > 1:
+        # vocab_parallel_lm_head false: TRL scores tokens with a fused head that reads lm_head.weight itself,
+        # so a vocabulary-sharded head would compute each rank's softmax over its own slice of the vocabulary
+        tensor_parallel["tensor_parallel"] = {"autotp_size": dist.tensor_parallel, "vocab_parallel_lm_head": False}
     return {
         "train_batch_size": "auto",
         "train_micro_batch_size_per_gpu": "auto",
@@ -380,6 +404,7 @@ def get_deepspeed_config(spec: Any) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "wall_clock_breakdown": False,
+        **tensor_parallel,
     }
 
 
@@ -503,7 +528,7 @@ def get_stage_workload(
 
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": name}},
-        {"name": "tmp", "emptyDir": {}},
+        scratch_volume(resources),
         *storage.volumes,
     ]
     mounts: list[dict[str, Any]] = [
@@ -513,7 +538,8 @@ def get_stage_workload(
     ]
     if distributed_run or resources.gpu:
         # NCCL and DataLoader workers exchange tensors through /dev/shm; the 64 MiB default is too small.
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        # Memory-backed, so it counts against (and is bounded by) the memory limit.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.memory}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
 
     container: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""ModelDeployment → conversion Job (`convert` stage), Triton Deployment(s), Service and optional HPA.
+"""ModelDeployment → conversion Job (`convert` stage), Triton Deployment(s), Service, optional HPA and PDB.
 
 Canary rollout: a second Deployment `<name>-canary` serves the new version beside the stable one; the
 Service selects both tracks, so traffic splits by replica count (canary replicas = ceil(total*weight/100)).
@@ -25,6 +25,7 @@ from .common import (
     get_storage,
     metrics_annotations,
     pod_template_metadata,
+    scratch_volume,
 )
 
 HTTP_PORT = 8000
@@ -167,7 +168,7 @@ def get_triton_deployment(
         **get_scheduling(spec.resources, settings),
         "containers": [container],
         "volumes": [
-            {"name": "tmp", "emptyDir": {}},
+            scratch_volume(spec.resources),
             # The python backend and Triton's shared-memory IPC need more than the 64 MiB default.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
             *storage.volumes,
@@ -244,6 +245,25 @@ def get_hpa(resource: ModelDeployment) -> Manifest | None:
     }
 
 
+def max_replicas(resource: ModelDeployment) -> int:
+    """The most Triton pods of the stable track: the HPA's maximum, else spec.replicas."""
+    spec = resource.spec
+    return spec.autoscaling.max_replicas if spec.autoscaling is not None else spec.replicas
+
+
+def get_pdb(resource: ModelDeployment) -> Manifest | None:
+    """PodDisruptionBudget over both tracks (maxUnavailable 1: a drain evicts one Triton pod at a time), or
+    None when the stable track never has more than one replica (a budget would only block or mean nothing)."""
+    if max_replicas(resource) <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": get_metadata(resource, deployment_name(resource, STABLE), triton_labels(resource)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": triton_labels(resource)}},
+    }
+
+
 def get_serving_children(
     resource: ModelDeployment,
     settings: OperatorSettings,
@@ -253,7 +273,7 @@ def get_serving_children(
     canary_version: str | None = None,
     canary_repository: str | None = None,
 ) -> list[Manifest]:
-    """Service, stable Deployment, optional canary Deployment and HPA for the given versions.
+    """Service, stable Deployment, optional canary Deployment, HPA and PDB for the given versions.
 
     With a canary the stable track shrinks to its share; with an HPA the stable count is the HPA's (never
     set here, so the operator and the HPA do not fight) and the canary gets its share of minReplicas.
@@ -277,7 +297,5 @@ def get_serving_children(
                 repository_uri=canary_repository, replicas=canary_n,
             )
         )
-    hpa = get_hpa(resource)
-    if hpa is not None:
-        out.append(hpa)
+    out += [child for child in (get_hpa(resource), get_pdb(resource)) if child is not None]
     return out

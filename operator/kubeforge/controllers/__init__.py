@@ -14,22 +14,18 @@ import kopf
 from .. import metrics
 from ..builders.common import MANAGED_BY
 from . import (
+    bounded,
     common,
-    dataset,
     deps,
-    evaluation,
     kube,
     modeldeployment,
     resync,
-    rewardmodel,
-    rlhfjob,
     stages,
-    trainingjob,
+    workers,
 )
 
 __all__ = [
-    "common", "dataset", "deps", "evaluation", "kube", "modeldeployment", "resync", "rewardmodel", "rlhfjob",
-    "stages", "trainingjob",
+    "bounded", "common", "deps", "kube", "modeldeployment", "resync", "stages", "workers",
 ]
 
 
@@ -37,7 +33,8 @@ __all__ = [
 async def startup(
     settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Read settings, size the API thread pool, start /metrics and the resync loop, set up Event posting."""
+    """Read settings, size the API thread pool, start /metrics, set up Event posting (the work queue's
+    consumers start with the first watch event)."""
     s = common.configure()
     # kopf would post every handler's log line as an Event; our transitions post their own.
     settings.posting.level = logging.WARNING
@@ -55,7 +52,7 @@ async def startup(
     settings.queueing.worker_limit = None
     executor = ThreadPoolExecutor(max_workers=kube.API_THREADS, thread_name_prefix="kube")
     asyncio.get_running_loop().set_default_executor(executor)
-    resync.reset()  # the loop starts with the first watch event (resync.ensure_started)
+    workers.reset()  # consumers and resync start with the first watch event (workers.ensure_started)
     try:
         if metrics.start_server(s.metrics_port):
             logger.info(f"metrics on :{s.metrics_port}/metrics")
@@ -67,8 +64,8 @@ async def startup(
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    """Stop the resync loop."""
-    await resync.stop()
+    """Stop the consumers and the resync loop."""
+    await workers.stop()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id="wake-owner")

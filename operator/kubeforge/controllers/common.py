@@ -4,16 +4,17 @@ Reconciles are level-triggered: each pass looks at the world (dependency statuse
 deterministic name for this generation, its pods) and writes the status that follows from it. A pass
 started again after an operator restart therefore neither re-runs finished work nor creates duplicates.
 
-Passes are event-driven: kopf's create/update/resume handlers, a finished child Job (`wake_owner`) and a
-dependency whose Succeeded/Passed condition moved (`on_object_event`, via kopf indices) all call
-`run_pass`, which serialises passes per object, starts from the freshest known body and writes status
-itself inside the lock (so two passes never race on a stale body). A slow resync (resync.py) is only a
-safety net. Dependencies live in deps.py, the bounded kinds' Job-driven pass in stages.py.
+Passes are event-driven through one work queue (workqueue.py): a watch event of the object itself
+(created, spec/labels/annotations changed, or the operator's initial listing), a finished child Job
+(`wake_owner`) and a dependency whose Succeeded/Passed condition moved (`deps.on_object_event`, via kopf
+indices) only `wake` the key; consumers (workers.py) run `process` → `run_pass`, which starts from the
+freshest known body and writes status itself. The queue never runs one key twice at once, so two passes
+never race on a stale body. A slow resync (resync.py) is only a safety net. Dependencies live in deps.py,
+the bounded kinds' Job-driven pass in stages.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -28,44 +29,37 @@ import kopf
 from pydantic import ValidationError
 
 from .. import metrics
-from ..api.v1alpha1 import KINDS, KubeResource
+from ..api.v1alpha1 import KINDS, KubeResource, conditions
 from ..api.v1alpha1.common import now_rfc3339
 from ..builders.common import LABEL_KIND, LABEL_OWNER
 from ..manifests import explain
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput
 from . import kube
+from .workqueue import WorkQueue
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 RESULT_ANNOTATION = "kubeforge.io/result"
-SUCCEEDED = "Succeeded"
-READY = "Ready"
-DEPENDENCIES_READY = "DependenciesReady"
-JOB_CREATED = "JobCreated"
-PASSED = "Passed"
-MODEL_EXPORTED = "ModelExported"
-# The main conditions (bounded kinds: Succeeded, ModelDeployment: Ready) are rewritten by every pass; every
-# other condition describes one generation and is dropped from the status when a new generation starts.
-MAIN_CONDITIONS = (SUCCEEDED, READY)
-# Succeeded=False reasons that may clear by themselves (a dependency re-runs): keep polling.
-RECOVERABLE = {"DependencyFailed", "IncompatibleDataset"}
-WARNING_REASONS = {
-    "InvalidSpec", "DependencyFailed", "IncompatibleDataset", "GateFailed", "BackoffLimitExceeded",
-    "DeadlineExceeded", "Failed", "ConversionFailed", "ThresholdsFailed", "NoResult", "ChildRejected",
-}
+# The condition vocabulary lives in the API package (one for the operator, the runner and Argo CD).
+SUCCEEDED, READY, DEPENDENCIES_READY = conditions.SUCCEEDED, conditions.READY, conditions.DEPENDENCIES_READY
+JOB_CREATED, PASSED, MODEL_EXPORTED = conditions.JOB_CREATED, conditions.PASSED, conditions.MODEL_EXPORTED
+MAIN_CONDITIONS = conditions.MAIN_CONDITIONS
+RECOVERABLE = conditions.RECOVERABLE
+WARNING_REASONS = conditions.WARNING_REASONS
 # Who posts the operator's Events (Event.reportingComponent / source.component) instead of kopf's "kopf".
 COMPONENT = "kubeforge-operator"
 
 _settings: OperatorSettings = OperatorSettings.from_env()
-_locks: dict[str, asyncio.Lock] = {}
 # Latest body seen per (kind, namespace, name) for Kubeforge objects and managed Jobs: fed by the watch
 # streams and by our own status writes, read instead of GETs. A stale entry is harmless: the watch event
 # that makes it fresh also wakes whoever depends on it.
 _bodies: dict[Key, dict[str, Any]] = {}
-# Objects with a pass queued but not yet started: further wakes coalesce into that pass.
-_queued: set[Key] = set()
+# The keys waiting for a pass; one per operator run (configure), so a restart in-process starts afresh.
+_queue: WorkQueue[Key] | None = None
 # Generation + Succeeded/Passed of each object as its last watch event showed them.
 watched: dict[Key, tuple[Any, ...]] = {}
+# Generation, labels and annotations each object had at its last watch event: a change queues a pass.
+seen_spec: dict[Key, tuple[Any, ...]] = {}
 Reconciler = Callable[[dict[str, Any], kopf.Patch], Awaitable[None]]
 _reconcilers: dict[str, Reconciler] = {}
 # When each object's last pass ended (time.monotonic()): the resync loop passes objects nobody woke lately.
@@ -88,24 +82,23 @@ def configure(new: OperatorSettings | None = None) -> OperatorSettings:
     global _settings
     _settings = new or OperatorSettings.from_env()
     kube.reset_client()
+    global _queue
     _bodies.clear()  # an operator restarted inside one process (tests) must not trust old watch data
-    _queued.clear()
+    if _queue is not None:
+        _queue.close()
+    _queue = WorkQueue()
     watched.clear()
+    seen_spec.clear()
     last_pass.clear()
     return _settings
 
 
-@asynccontextmanager
-async def object_lock(uid: str) -> Any:
-    """Serialise the change handler and the timer of one object inside this process."""
-    lock = _locks.setdefault(uid, asyncio.Lock())
-    async with lock:
-        yield
-
-
-def forget_lock(uid: str) -> None:
-    """Drop the lock of a deleted object."""
-    _locks.pop(uid, None)
+def queue() -> WorkQueue[Key]:
+    """This operator run's work queue."""
+    global _queue
+    if _queue is None:
+        _queue = WorkQueue()
+    return _queue
 
 
 def key_of(body: dict[str, Any]) -> Key:
@@ -159,19 +152,18 @@ def _status_changed(body: dict[str, Any], status_patch: dict[str, Any]) -> bool:
 
 
 async def run_pass(body_in: Any) -> None:
-    """One serialised pass for an object: freshest body → reconcile → status write (only if changed)."""
+    """One pass for an object: freshest body → reconcile → status write (only if changed).
+
+    Callers guarantee one pass per object at a time: the work queue's consumers, or a test."""
     body = plain(body_in)
     key = key_of(body)
-    _queued.add(key)
-    async with object_lock(str(body["metadata"].get("uid"))):
-        _queued.discard(key)
-        try:
-            await _pass_locked(freshest(body), key)
-        finally:
-            last_pass[key] = time.monotonic()
+    try:
+        await _pass(freshest(body), key)
+    finally:
+        last_pass[key] = time.monotonic()
 
 
-async def _pass_locked(body: dict[str, Any], key: Key) -> None:
+async def _pass(body: dict[str, Any], key: Key) -> None:
     patch = kopf.Patch()
     await _reconcilers[key[0]](body, patch)
     status_patch = dict(patch.get("status") or {})
@@ -186,9 +178,17 @@ async def _pass_locked(body: dict[str, Any], key: Key) -> None:
     remember(written)
 
 
-async def wake(kind: str, namespace: str, name: str) -> None:
-    """Reconcile an object now (from the cache, else a GET); a pass already queued absorbs the wake."""
-    if kind not in _reconcilers or (kind, namespace, name) in _queued:
+def wake(kind: str, namespace: str, name: str) -> None:
+    """Ask for a pass of an object (a pass already waiting absorbs the wake)."""
+    if kind in _reconcilers:
+        queue().add((kind, namespace, name))
+
+
+async def process(key: Key) -> None:
+    """A consumer's pass of one key: the cached body (else a GET; gone → nothing), then `run_pass`.
+    Errors propagate: the consumer re-adds the key with backoff."""
+    kind, namespace, name = key
+    if kind not in _reconcilers:
         return
     body = cached(kind, namespace, name)
     if body is None:
@@ -196,10 +196,7 @@ async def wake(kind: str, namespace: str, name: str) -> None:
         if body is None:
             return
         remember(body)
-    try:
-        await run_pass(body)
-    except Exception as exc:  # must not kill the watcher; the resync loop retries
-        log.warning(f"reconcile of {kind} {namespace}/{name} failed: {type(exc).__name__}: {exc}")
+    await run_pass(body)
 
 
 async def wake_owner(job_in: Any, event_type: str | None) -> None:
@@ -216,7 +213,7 @@ async def wake_owner(job_in: Any, event_type: str | None) -> None:
     labels = meta.get("labels") or {}
     kind, owner = labels.get(LABEL_KIND), labels.get(LABEL_OWNER)
     if kind and owner:
-        await wake(str(kind), ns, str(owner))
+        wake(str(kind), ns, str(owner))
 
 
 def plain(body: Any) -> dict[str, Any]:
@@ -380,7 +377,7 @@ def track(body: Any, event_type: str | None, main: str) -> None:
     kind, ns, name = body.get("kind", ""), meta.get("namespace", ""), meta.get("name", "")
     if event_type == "DELETED":
         metrics.TRACKER.forget(kind, ns, name)
-        forget_lock(str(meta.get("uid", "")))
+        queue().drop((kind, ns, name))
         return
     cond = find_condition((body.get("status") or {}).get("conditions"), main)
     metrics.TRACKER.observe(kind, ns, name, main, str(cond.get("status")) if cond else "Unknown")

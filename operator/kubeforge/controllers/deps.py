@@ -17,7 +17,7 @@ import kopf
 from .. import metrics
 from ..api.v1alpha1 import KubeResource
 from ..stage import Dependency, ResolvedInput, dependencies
-from . import kube, resync
+from . import kube, workers
 from .common import (
     DEPENDENCIES_READY,
     PASSED,
@@ -31,6 +31,7 @@ from .common import (
     last_pass,
     plain,
     remember,
+    seen_spec,
     track,
     validate,
     wake,
@@ -259,9 +260,18 @@ def index_dependencies(body: kopf.Body, **_: Any) -> dict[Key, Key]:
     return {(d.kind, d.namespace, d.name): me for d in dependencies(resource)}
 
 
+def _spec_view(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What a pass of the object itself depends on besides status: generation, labels, annotations."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith("kopf.zalando.org/")}
+    return meta.get("generation"), meta.get("labels") or {}, annotations
+
+
 async def on_object_event(body_in: Any, event_type: str | None, main: str, indices: dict[str, Any]) -> None:
-    """Watch event of a Kubeforge object: metrics, cache, and wake dependents when its outcome moved."""
-    resync.ensure_started()
+    """Watch event of a Kubeforge object: metrics and cache; queue a pass of the object when it is new to
+    this operator or its spec/labels/annotations moved (not for its own status writes), and queue its
+    dependents when its outcome moved."""
+    workers.ensure_started()
     body = plain(body_in)
     track(body, event_type, main)
     key = key_of(body)
@@ -272,16 +282,22 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, indic
     if event_type == "DELETED":
         forget(kind, ns, name)
         watched.pop(key, None)
+        seen_spec.pop(key, None)
         last_pass.pop(key, None)
         changed = True
     else:
         remember(body)
         watched[key] = _progress(body)
         changed = event_type == "ADDED" or (before is not None and before != watched[key])
+        spec = _spec_view(body)
+        if seen_spec.get(key) != spec:
+            seen_spec[key] = spec
+            wake(kind, ns, name)
     if not changed:
         return
     dependents: set[Key] = set()
     for index_name, index in indices.items():
         if index_name.endswith(INDEX_SUFFIX):
             dependents.update(index.get((kind, ns, name), ()))
-    await asyncio.gather(*(wake(*dep) for dep in sorted(dependents)))
+    for dep in sorted(dependents):
+        wake(*dep)

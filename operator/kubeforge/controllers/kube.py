@@ -26,6 +26,7 @@ PLURALS = {
     "Job": "jobs",
     "Deployment": "deployments",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
     **{kind: model.PLURAL for kind, model in KINDS.items()},
 }
 
@@ -69,6 +70,7 @@ def api_client() -> client.ApiClient:
             except config.ConfigException:
                 config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             cfg.connection_pool_maxsize = CONNECTION_POOL_SIZE
+            cfg.retries = False  # no hidden retries inside a pass: a failed request fails the pass, the queue retries
             _client = client.ApiClient(configuration=cfg)
         return _client
 
@@ -123,6 +125,11 @@ def _get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, An
 async def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     return await asyncio.to_thread(_get, api_version, kind, namespace, name)
+
+
+def get_path(url_path: str) -> Any:
+    """GET of a raw API path (discovery, /version), blocking: for threads outside the event loop (readiness)."""
+    return _request("GET", url_path)
 
 
 async def get_kubeforge(kind: str, namespace: str, name: str) -> dict[str, Any] | None:

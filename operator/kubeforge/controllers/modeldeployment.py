@@ -8,17 +8,19 @@ gate is open. Canary: the new version runs as `<name>-canary` beside the stable 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from .. import heldout
 from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
 from ..api.v1alpha1.common import now_rfc3339
 from ..builders import modeldeployment as builders
 from ..builders.common import child_name
-from ..stage import output_uri
+from ..stage import ResolvedInput, output_uri
 from . import common, deps, kube, stages
 
 PLURAL = "modeldeployments"
@@ -46,6 +48,24 @@ async def _apply(child: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
+async def _get(key: heldout.Key) -> dict[str, Any] | None:
+    return common.cached(*key) or await kube.get_kubeforge(*key)
+
+
+async def _with_held_out(md: ModelDeployment, inputs: dict[str, ResolvedInput]) -> dict[str, ResolvedInput]:
+    """`inputs` plus `heldOut`, the Dataset split the quantization parity check reads (best effort, never waited
+    for: without it the stage measures on random tokens and says so)."""
+    if not heldout.wanted(md) or heldout.HELD_OUT in inputs:
+        return inputs
+    keys = heldout.source_keys(md)
+    bodies = dict(zip(keys, await asyncio.gather(*(_get(k) for k in keys)), strict=True))
+    sources = heldout.held_out_sources(md, bodies)
+    ds_keys = list(dict.fromkeys(src.key for src in sources))
+    datasets = dict(zip(ds_keys, await asyncio.gather(*(_get(k) for k in ds_keys)), strict=True))
+    found = heldout.held_out_input(sources, datasets)
+    return {**inputs, heldout.HELD_OUT: found} if found is not None else inputs
+
+
 async def _conversion(
     w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport
 ) -> str | None:
@@ -54,11 +74,12 @@ async def _conversion(
     job_name = child_name(md, "convert")
     job = await stages.get_job(md.namespace, job_name)
     if job is None:
-        children = _render(lambda: builders.get_conversion_children(md, report.inputs, s))
+        inputs = await _with_held_out(md, report.inputs)
+        children = _render(lambda: builders.get_conversion_children(md, inputs, s))
         await stages.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
         await stages.create_children(children)
         w.fields["jobName"] = job_name
-        w.fields["lineage"] = list(common.iter_lineage(report.inputs))
+        w.fields["lineage"] = list(common.iter_lineage(inputs))
         w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
         w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
@@ -74,6 +95,9 @@ async def _conversion(
         w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
     result, text = await stages.read_result(job, s.test_hooks)
+    quality = ((result.details if result is not None else None) or {}).get("quantization")
+    if isinstance(quality, dict):  # measured even when the quality gate failed the conversion
+        w.fields["quantization"] = quality
     if state == "Failed" or (result is not None and not result.succeeded):
         why = (result.message if result is not None else "") or text or message
         w.set(common.MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
@@ -90,8 +114,30 @@ async def _conversion(
     return repo
 
 
+# Object UID → the generation whose optional serving children were last pruned (see _prune).
+_pruned: dict[str, int] = {}
+
+
+async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:
+    """Delete the HPA and PDB the spec no longer asks for (spec.autoscaling removed, replicas down to 1).
+
+    Once per generation and operator process: the spec changes only with the generation, a restarted operator
+    checks again, and a steady serving pass costs no extra request. A failed delete fails the pass, which is
+    retried, and the generation is recorded only after both deletes went through.
+    """
+    uid = str((w.body.get("metadata") or {}).get("uid") or "")
+    if _pruned.get(uid) == w.generation:
+        return
+    name = builders.deployment_name(md, builders.STABLE)
+    if builders.get_hpa(md) is None:
+        await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", md.namespace, name)
+    if builders.get_pdb(md) is None:
+        await kube.delete("policy/v1", "PodDisruptionBudget", md.namespace, name)
+    _pruned[uid] = w.generation
+
+
 async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None:
-    """Apply Service/Deployments/HPA for the current version; run the canary and promote it."""
+    """Apply Service/Deployments/HPA/PDB for the current version, prune unwanted ones; run the canary."""
     s = common.settings()
     status = w.body.get("status") or {}
     version = f"g{w.generation}"
@@ -110,6 +156,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
     applied: dict[str, dict[str, Any]] = {}
     for child in children:
         applied[child["metadata"]["name"] + "/" + child["kind"]] = await _apply(child)
+    await _prune(w, md)
     if not canary:
         await kube.delete("apps/v1", "Deployment", md.namespace, builders.deployment_name(md, builders.CANARY))
         if served != version:
@@ -216,22 +263,10 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
 common.register("ModelDeployment", reconcile_md)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
-@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
-async def reconcile(body: kopf.Body, **_: Any) -> None:
-    """Create/update/resume: one reconcile pass.
-
-    Serving is never finished (Triton readiness and canary promotion are time-based): resync.py passes every
-    ModelDeployment each poll interval, without a kopf timer (which would add a finalizer).
-    """
-    await common.run_pass(body)
-
-
 kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + deps.INDEX_SUFFIX)(deps.index_dependencies)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
 async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-    """Metrics gauge and cache (a ModelDeployment has no dependents, but stays uniform)."""
+    """Metrics gauge and cache; queue a pass when the object is new or changed (no dependents)."""
     await deps.on_object_event(body, type, common.READY, kwargs)

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from .. import metrics
+from .. import kinds, metrics
 from ..api.v1alpha1 import KubeResource
 from ..api.v1alpha1.common import now_rfc3339
 from ..builders.common import (
@@ -32,7 +32,6 @@ from ..stage import ResolvedInput, StageResult, output_uri, stage_name
 from . import kube
 from .common import (
     JOB_CREATED,
-    PASSED,
     RESULT_ANNOTATION,
     SUCCEEDED,
     StatusWriter,
@@ -167,31 +166,15 @@ def lift_workload(
     w: StatusWriter, resource: KubeResource, result: StageResult | None, out_uri: str,
     inputs: dict[str, ResolvedInput],
 ) -> None:
-    """Artifact, lineage, metrics, progress, checkpoints and details into the status of a producing kind."""
-    if result is not None and result.artifact is not None:
-        w.fields["artifact"] = result.artifact.to_wire()
-    else:
-        # No result (e.g. KWOK runs no container): the artifact is where the stage was told to write.
-        w.fields["artifact"] = {"uri": out_uri}
-    if result is not None and result.lineage:
-        w.fields["lineage"] = [entry.to_wire() for entry in result.lineage]
-    else:
-        w.fields["lineage"] = list(iter_lineage(inputs))
-    if result is None:
-        return
-    if result.metrics:
-        w.fields["metrics"] = result.metrics
-    if result.progress is not None:
-        w.fields["progress"] = result.progress.to_wire()
-    if result.checkpoints:
-        w.fields["checkpoints"] = result.checkpoints
-    for key, value in (result.details or {}).items():
-        if key != "passed":
-            w.fields[key] = value
+    """The status a finished stage leads to, from the meaning shared with the local runner (kinds.py)."""
+    lifted = kinds.lift(resource.kind, result, out_uri, inputs)
+    w.fields.update(lifted.fields)
+    for ctype, status, reason, message in lifted.conditions:
+        w.set(ctype, status, reason, message)
 
 
 async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, lift: Lifter) -> None:
-    """One level-triggered pass for a bounded kind (called under the object lock by `run_pass`)."""
+    """One level-triggered pass for a bounded kind (run by a work-queue consumer through `run_pass`)."""
     body = plain(body_in)
     kind = str(body["kind"])
     async with measured(kind) as box:
@@ -270,8 +253,8 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
             reason = result.reason if stage_failed and result is not None else job_reason
             detail = (result.message if stage_failed and result is not None else "") or text or job_message
             w.set(SUCCEEDED, "False", reason or "Failed", f"Job {job_name} failed: {detail}")
-            if kind == "Evaluation":
-                w.set(PASSED, "False", "EvaluationFailed", "the evaluation did not complete")
+            for ctype, status, why, message in kinds.failed_conditions(kind):
+                w.set(ctype, status, why, message)
             outcome = "failed"
         if seconds is not None:
             metrics.WORKLOAD_DURATION.labels(kind, outcome).observe(seconds)

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from .. import heldout, kinds
 from ..stage import ResolvedInput, StageConfig, StageResult, build_stage_config, local_path, stage_command
 from .graph import Key, Node, Pipeline, local_source_files, ref_of
 from .state import ResourceState, StateStore, pid_alive
@@ -113,45 +114,26 @@ def run_digest(config: StageConfig, node: Node) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def status_from_result(kind: str, result: StageResult, inputs: dict[str, ResolvedInput]) -> dict[str, Any]:
-    """Lift a StageResult into the kind's status fields (what the operator does with the termination message)."""
+def status_from_result(
+    kind: str, result: StageResult, inputs: dict[str, ResolvedInput], out_uri: str = ""
+) -> dict[str, Any]:
+    """Lift a StageResult into the kind's status fields: the operator's meaning (kinds.py) for bounded kinds."""
+    if kind in kinds.BOUNDED:
+        return {k: v for k, v in kinds.lift(kind, result, out_uri, inputs).fields.items() if v is not None}
     out: dict[str, Any] = {}
     details = dict(result.details or {})
-    if kind == "Dataset":
-        if result.artifact is not None:
-            out["artifactUri"] = result.artifact.uri
-            out["digest"] = details.pop("digest", None) or result.artifact.digest
-        for k in ("counts", "removed", "statistics", "digest"):
-            if k in details:
-                out[k] = details.pop(k)
-    elif kind == "Evaluation":
-        details.pop("passed", None)
-        if result.metrics is not None:
-            out["metrics"] = result.metrics
-        for k in ("sampleCount", "reportUri", "failedThresholds", "variants"):
-            if k in details:
-                out[k] = details.pop(k)
-    elif kind == "ModelDeployment":
-        for k in ("modelRepository", "conversion", "servedVersion"):
-            if k in details:
-                out[k] = details.pop(k)
-        model = inputs.get("model")
-        if model is not None and model.digest:
-            out["modelDigest"] = model.digest
-    else:
-        for k in ("artifact", "lineage", "metrics", "progress", "checkpoints"):
-            value = getattr(result, k)
-            if value is not None:
-                out[k] = value.to_wire() if hasattr(value, "to_wire") else (
-                    [v.to_wire() if hasattr(v, "to_wire") else v for v in value] if isinstance(value, list) else value
-                )
-    if kind in ("Dataset", "Evaluation", "ModelDeployment"):
-        if result.lineage is not None:
-            out["lineage"] = [e.to_wire() for e in result.lineage]
-        if kind != "Evaluation" and result.metrics is not None:
-            out["metrics"] = result.metrics
-        if result.artifact is not None and kind != "Dataset":
-            out["artifact"] = result.artifact.to_wire()
+    for k in ("modelRepository", "conversion", "quantization", "servedVersion"):
+        if k in details:
+            out[k] = details.pop(k)
+    model = inputs.get("model")
+    if model is not None and model.digest:
+        out["modelDigest"] = model.digest
+    if result.lineage is not None:
+        out["lineage"] = [e.to_wire() for e in result.lineage]
+    if result.metrics is not None:
+        out["metrics"] = result.metrics
+    if result.artifact is not None:
+        out["artifact"] = result.artifact.to_wire()
     if details:
         out["details"] = details
     return {k: v for k, v in out.items() if v is not None}
@@ -233,7 +215,19 @@ class Runner:
             if produced is None:
                 return f"{dep.ref} has no artifact"
             inputs[dep.key] = ResolvedInput(kind=dep.kind, name=dep.name, uri=produced[0], digest=produced[1])
+        if node.resource.kind == "ModelDeployment":  # quantization parity text (best effort)
+            held_out = heldout.resolve_held_out(node.resource, self._body)  # type: ignore[arg-type]
+            if held_out is not None:
+                inputs[heldout.HELD_OUT] = held_out
         return inputs
+
+    def _body(self, key: Key) -> dict[str, Any] | None:
+        """An object as the operator reads it: spec from its manifest, status from the local state."""
+        node, state = self.pipeline.nodes.get(key), self.states.get(key)
+        if node is None or state is None:
+            return None
+        spec: Any = node.resource.spec  # type: ignore[attr-defined]
+        return {"metadata": {"generation": state.generation}, "spec": spec.to_wire(), "status": state.status}
 
     def render(self, node: Node, inputs: dict[str, ResolvedInput]) -> StageConfig:
         """The StageConfig of a node (the same renderer the operator uses)."""
@@ -401,7 +395,7 @@ class Runner:
                 succeeded=False, reason="StageCrashed", message=f"exit code {code} without a result; {tail}"
             )
         state.pid = None
-        lifted = status_from_result(node.resource.kind, result, self.inputs[node.key])
+        lifted = status_from_result(node.resource.kind, result, self.inputs[node.key], run.config.output_uri)
         keep = {k: v for k, v in state.status.items() if k in ("conditions", "observedGeneration", "startTime")}
         state.status = {**keep, **lifted, "completionTime": _now()}
         if result.progress is not None and node.resource.kind not in ("Dataset", "Evaluation", "ModelDeployment"):
@@ -415,13 +409,11 @@ class Runner:
             )
         else:
             self._set_main(state, "True" if ok else "False", result.reason, result.message)
-        if node.resource.kind == "Evaluation" and ok:
-            passed = bool((result.details or {}).get("passed"))
-            failed = state.status.get("failedThresholds") or []
-            state.set_condition(
-                "Passed", "True" if passed else "False", "ThresholdsMet" if passed else "ThresholdsNotMet",
-                "all thresholds hold" if passed else "failed: " + "; ".join(failed),
-            )
+        if node.resource.kind in kinds.BOUNDED:
+            extra = kinds.lift(node.resource.kind, result, run.config.output_uri, {}).conditions if ok else \
+                kinds.failed_conditions(node.resource.kind)
+            for ctype, status, reason, message in extra:
+                state.set_condition(ctype, status, reason, message)
         state.event("Succeeded" if ok else "Failed", f"{result.message} ({elapsed:.0f}s)".strip(), warning=not ok)
         self._finish(node, state, Outcome.SUCCEEDED if ok else Outcome.FAILED)
         if run.task is not None:

@@ -1,6 +1,7 @@
 """Views of local runs: `kubeforge get` / `describe` tables and the HTML report with plots.
 
-matplotlib is imported only when the HTML report is written, so `kubeforge get` stays instant.
+matplotlib is imported only when the HTML report is written, so `kubeforge get` stays instant. The serving
+comparison (`report_serving`) and the classification/regression sections (`report_tasks`) live beside it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import base64
 import html
 import io
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,10 @@ def key_metric(state: ResourceState) -> str:
     if state.kind == "Dataset":
         c = st.get("counts") or {}
         return " ".join(f"{k}={c[k]}" for k in ("train", "validation", "test") if c.get(k) is not None)
-    if state.kind == "TrainingJob":
+    if state.kind == "TrainingJob":  # classification/regression heads add their validation accuracy, F1 or RMSE
         loss = metrics.get("train_loss", progress.get("loss"))
-        return f"loss={loss:.3f}" if isinstance(loss, int | float) else ""
+        shown = [f"loss={loss:.3f}"] if isinstance(loss, int | float) else []
+        return " ".join(shown + [f"{k}={metrics[k]:.3f}" for k in ("accuracy", "f1", "rmse") if _num(metrics, k)])
     if state.kind == "RewardModel":
         acc = metrics.get("pairwise_accuracy", metrics.get("eval_accuracy"))
         return f"pairwise_accuracy={acc:.2f}" if isinstance(acc, int | float) else ""
@@ -64,7 +65,11 @@ def key_metric(state: ResourceState) -> str:
                 if v.get("name") == variant and isinstance(value, int | float):
                     return f"{head} {main}={value:.3f}".strip()
         name = main if main in metrics else next(iter(metrics), None)
-        return f"{head} {name}={metrics[name]:.3f}".strip() if name else head
+        if name is None:
+            return head
+        pair = ("accuracy", "f1") if name in ("accuracy", "f1") else ()  # classification: both side by side
+        shown = [name, *(k for k in pair if k != name and _num(metrics, k))]
+        return f"{head} {' '.join(f'{k}={metrics[k]:.3f}' for k in shown)}".strip()
     if state.kind == "ModelDeployment":
         ep = (st.get("endpoints") or {}).get("http")
         if ep:
@@ -73,6 +78,10 @@ def key_metric(state: ResourceState) -> str:
         size = conv.get("sizeBytes", next((v for k, v in conv.items() if "size" in k.lower()), None))
         return f"model {size / 1e6:.2f} MB" if isinstance(size, int | float) else ""
     return ""
+
+
+def _num(values: dict[str, Any], key: str) -> bool:
+    return isinstance(values.get(key), int | float)
 
 
 def age(state: ResourceState) -> str:
@@ -141,7 +150,7 @@ def describe(state: ResourceState, log_path: Path | None = None) -> RenderableTy
     extra = {
         k: v for k, v in state.status.items()
         if k in ("metrics", "variants", "counts", "removed", "failedThresholds", "sampleCount", "endpoints",
-                 "conversion", "modelRepository", "progress", "smoke")
+                 "conversion", "quantization", "modelRepository", "progress", "smoke")
     }
     if extra:
         t = Table(title="Status", box=None, title_justify="left", header_style="bold")
@@ -168,10 +177,11 @@ def output_dir(state: ResourceState) -> Path | None:
     """Local directory of the object's artifact, when it has one on this machine."""
     st = state.status
     uri = (st.get("artifact") or {}).get("uri") or st.get("artifactUri") or st.get("modelRepository")
-    if not uri:
+    report = st.get("reportUri")  # an Evaluation's output is its report and what lies beside it
+    if not uri and not report:
         return None
     try:
-        path = local_path(str(uri))
+        path = local_path(str(uri)) if uri else local_path(str(report)).parent
     except ValueError:
         return None
     return path if path.exists() else None
@@ -207,7 +217,7 @@ def log_history(state: ResourceState, store: StateStore) -> list[dict[str, Any]]
     return samples
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -239,7 +249,7 @@ def _loss_plot(states: list[ResourceState], store: StateStore) -> str | None:
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def _reward_plot(states: list[ResourceState], store: StateStore) -> str | None:
@@ -266,10 +276,10 @@ def _reward_plot(states: list[ResourceState], store: StateStore) -> str | None:
     ax.set_ylabel("pairwise accuracy")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
-def _bar_plots(items: list[tuple[str, dict[str, float]]], title: str) -> str | None:
+def bar_plots(items: list[tuple[str, dict[str, float]]], title: str) -> str | None:
     import matplotlib.pyplot as plt
 
     items = [(n, {k: v for k, v in d.items() if isinstance(v, int | float)}) for n, d in items]
@@ -283,7 +293,7 @@ def _bar_plots(items: list[tuple[str, dict[str, float]]], title: str) -> str | N
         ax.tick_params(axis="x", rotation=30, labelsize=7)
         for i, v in enumerate(d.values()):
             ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def _lineage_plot(states: list[ResourceState]) -> str | None:
@@ -318,7 +328,7 @@ def _lineage_plot(states: list[ResourceState]) -> str | None:
     ax.set_xlim(-0.6, max(cols) + 0.6)
     ax.set_ylim(min(y for _, y in pos.values()) - 0.6, 0.6)
     ax.axis("off")
-    return _png(fig)
+    return png(fig)
 
 
 def _table_html(states: list[ResourceState]) -> str:
@@ -378,21 +388,28 @@ def write_html(store: StateStore, states: list[ResourceState] | None = None, pat
     import matplotlib
 
     matplotlib.use("Agg")
+    from .report_quality import quantization_html
+    from .report_serving import serving_plot  # sections kept in modules of their own (they import this one)
+    from .report_tasks import evaluation_plots_html, training_metrics_plot
+
     states = states if states is not None else store.all()
     path = path or store.root / "report.html"
     sections: list[tuple[str, str | None]] = [("Summary", _table_html(states))]
     sections.append(("Training loss", _loss_plot(states, store)))
+    sections.append(("Classification / regression validation metrics", training_metrics_plot(states)))
     sections.append(("Reward model accuracy", _reward_plot(states, store)))
     sections.append((
         "Evaluation metrics",
-        _bar_plots([(ref(s), s.status.get("metrics") or {}) for s in states if s.kind == "Evaluation"], "metrics"),
+        bar_plots([(ref(s), s.status.get("metrics") or {}) for s in states if s.kind == "Evaluation"], "metrics"),
     ))
     sections.append(("Evaluation prompt variants (variant x metric)", _variants_html(states)))
+    sections.append(("Evaluation plots (confusion matrix, regression errors)", evaluation_plots_html(states)))
     ds_counts = [(ref(s), s.status.get("counts") or {}) for s in states if s.kind == "Dataset"]
     ds_removed = [(ref(s), s.status.get("removed") or {}) for s in states if s.kind == "Dataset"]
-    sections.append(("Dataset records per split", _bar_plots(ds_counts, "records")))
-    sections.append(("Dataset records removed per rule", _bar_plots(ds_removed, "removed")))
-    sections.append(("Serving: FP32 / FP16 / INT8 size and latency", _serving_plot(states)))
+    sections.append(("Dataset records per split", bar_plots(ds_counts, "records")))
+    sections.append(("Dataset records removed per rule", bar_plots(ds_removed, "removed")))
+    sections.append(("Serving: FP32 / FP16 / INT8 size and latency", serving_plot(states)))
+    sections.append(("Serving: quantized vs FP32 quality (argmax agreement, top-5 overlap)", quantization_html(states)))
     sections.append(("Lineage", _lineage_plot(states)))
     body = "".join(f"<h2>{html.escape(t)}</h2>{c}" for t, c in sections if c)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -406,100 +423,3 @@ def write_html(store: StateStore, states: list[ResourceState] | None = None, pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     return path
-
-
-def precision_comparison(repo_uri: str) -> dict[str, dict[str, float]]:
-    """Size (MB) and ORT latency (ms, batch 1 x 16 tokens, 1 thread) of the FP32, FP16 and INT8 ONNX files.
-
-    The convert stage leaves `onnx/model.onnx` (fp32) and the quantized file beside the repository; FP16 is
-    derived here in a temp dir when the deployment did not produce it, so the comparison always has all three.
-    """
-    import statistics
-    import tempfile
-
-    import numpy as np
-    import onnxruntime as ort
-
-    try:
-        onnx_dir = local_path(repo_uri).parent / "onnx"
-    except ValueError:
-        return {}
-    fp32 = onnx_dir / "model.onnx"
-    if not fp32.is_file():
-        return {}
-    files = {"fp32": fp32}
-    for name, label in (("model.int8-dynamic.onnx", "int8"), ("model.int8-static.onnx", "int8-static"),
-                        ("model.fp16.onnx", "fp16")):
-        if (onnx_dir / name).is_file():
-            files[label] = onnx_dir / name
-    out: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if "fp16" not in files:
-            try:
-                import onnx
-                from onnxruntime.transformers.float16 import convert_float_to_float16
-
-                half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-                files["fp16"] = Path(tmp) / "model.fp16.onnx"
-                onnx.save(half, str(files["fp16"]))
-            except Exception:  # fp16 is a bonus column; fp32/int8 still compare
-                pass
-        for label, path in files.items():
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feeds: dict[str, Any] = {}
-            for i in sess.get_inputs():
-                if i.name == "input_ids":
-                    feeds[i.name] = np.arange(1, 17, dtype=np.int64)[None, :] % 50 + 1
-                elif i.name == "attention_mask":
-                    feeds[i.name] = np.ones((1, 16), np.int64)
-                elif i.name == "position_ids":
-                    feeds[i.name] = np.arange(16, dtype=np.int64)[None, :]
-            if len(feeds) != len(sess.get_inputs()):
-                continue
-            sess.run(None, feeds)
-            times = []
-            for _ in range(15):
-                t0 = time.perf_counter()
-                sess.run(None, feeds)
-                times.append((time.perf_counter() - t0) * 1000)
-            out[label] = {"sizeMB": path.stat().st_size / 1e6, "latencyMs": statistics.median(times)}
-    return out
-
-
-def _serving_plot(states: list[ResourceState]) -> str | None:
-    """FP32 vs FP16 vs INT8: file size and ORT latency per deployment, plus the Triton request time."""
-    import matplotlib.pyplot as plt
-
-    rows = []
-    for s in states:
-        if s.kind != "ModelDeployment" or not s.status.get("modelRepository"):
-            continue
-        try:
-            comp = precision_comparison(str(s.status["modelRepository"]))
-        except Exception:  # a deleted or foreign artifact: leave the section out
-            comp = {}
-        if comp:
-            rows.append((ref(s), comp, (s.status.get("smoke") or {}).get("requestMs")))
-    if not rows:
-        return None
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.2 * len(rows)), squeeze=False)
-    for (name, comp, triton_ms), (a1, a2) in zip(rows, axes, strict=True):
-        labels = list(comp)
-        sizes = [comp[k]["sizeMB"] for k in labels]
-        lat = [comp[k]["latencyMs"] for k in labels]
-        lat_labels = [f"ORT {k}" for k in labels]
-        if isinstance(triton_ms, int | float):
-            lat_labels.append("Triton gRPC (served)")
-            lat.append(float(triton_ms))
-        a1.bar(labels, sizes, color="#6a9f58")
-        a1.set_title(f"{name}: model size (MB)", fontsize=9)
-        a2.bar(lat_labels, lat, color="#4a7ab5")
-        a2.set_title(f"{name}: latency per request, 1x16 tokens (ms)", fontsize=9)
-        a2.tick_params(axis="x", rotation=20, labelsize=7)
-        for ax, vals in ((a1, sizes), (a2, lat)):
-            for i, v in enumerate(vals):
-                ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
-    return _png(fig)

@@ -814,6 +814,15 @@ class Resources(KubeModel):
     memory: str = Field(
         default="4Gi", max_length=64, pattern=RESOURCE_QUANTITY, description="Memory request (Kubernetes quantity)."
     )
+    ephemeral_storage: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=RESOURCE_QUANTITY,
+        description=(
+            "Local scratch space per pod (Kubernetes quantity; unset: 20Gi): the `/tmp` emptyDir's sizeLimit "
+            "(Hugging Face cache, Triton's S3 downloads) and the container's ephemeral-storage request and limit."
+        ),
+    )
     node_selector: NodeSelector | None = Field(default=None, description="Node labels the pods must match.")
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = Field(
         default=None, description="Taints the pods tolerate."
@@ -862,6 +871,34 @@ class Hyperparameters(KubeModel):
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
 
 
+# Model-parallel rules of Distributed, in the order its validator mirrors them.
+TP_RULES = [
+    cel(
+        "self.pipelineParallel == 1",
+        "pipelineParallel must be 1: the Hugging Face Trainer and TRL have no pipeline-parallel training loop; "
+        "split a large model with tensorParallel (DeepSpeed AutoTP) or shard it with zeroStage 3",
+        ".pipelineParallel",
+    ),
+    cel(
+        "self.tensorParallel == 1 || self.strategy == 'deepspeed'",
+        "tensorParallel > 1 needs strategy deepspeed (DeepSpeed AutoTP): set strategy deepspeed, or tensorParallel 1",
+        ".tensorParallel",
+    ),
+    cel(
+        "self.tensorParallel == 1 || self.zeroStage <= 2",
+        "tensorParallel > 1 needs zeroStage 0-2 (transformers cannot load a model for ZeRO-3 under AutoTP): "
+        "set zeroStage 2, or tensorParallel 1 to shard with ZeRO-3 alone",
+        ".zeroStage",
+    ),
+    cel(
+        "(self.nodes * self.processesPerNode) % self.tensorParallel == 0",
+        "tensorParallel must divide the worker processes nodes*processesPerNode (each tensor-parallel group is "
+        "tensorParallel ranks): change processesPerNode or tensorParallel",
+        ".tensorParallel",
+    ),
+]
+
+
 class Distributed(KubeModel):
     """Data/model parallelism across GPUs and nodes."""
 
@@ -875,8 +912,22 @@ class Distributed(KubeModel):
     zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
     offload_optimizer: bool = Field(default=False, description="ZeRO-Offload the optimiser state to CPU.")
     offload_params: bool = Field(default=False, description="ZeRO-3 parameter offload to CPU.")
-    tensor_parallel: int = Field(default=1, ge=1, le=64, description="Tensor-parallel degree.")
-    pipeline_parallel: int = Field(default=1, ge=1, le=64, description="Pipeline-parallel degree.")
+    tensor_parallel: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Tensor-parallel degree (DeepSpeed AutoTP): each layer is split over this many consecutive ranks, "
+            "data parallelism runs over nodes*processesPerNode/tensorParallel. Needs strategy deepspeed, "
+            "zeroStage <= 2, full training (peft none or freeze) and at most the model's key-value heads."
+        ),
+    )
+    pipeline_parallel: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Must be 1: the Hugging Face Trainer and TRL have no pipeline-parallel training loop.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -895,6 +946,7 @@ class Distributed(KubeModel):
                     "nodes>1 or processesPerNode>1 needs strategy ddp or deepspeed",
                     ".strategy",
                 ),
+                *TP_RULES,
             ]
         }
     )
@@ -907,6 +959,19 @@ class Distributed(KubeModel):
             raise ValueError("offloadParams needs zeroStage 3")
         if self.strategy == "none" and (self.nodes > 1 or self.processes_per_node > 1):
             raise ValueError("nodes>1 or processesPerNode>1 needs strategy ddp or deepspeed")
+        tp = self.tensor_parallel
+        for broken, rule in zip(
+            (
+                self.pipeline_parallel != 1,
+                tp > 1 and self.strategy != "deepspeed",
+                tp > 1 and self.zero_stage > 2,
+                self.world_size % tp != 0,
+            ),
+            TP_RULES,
+            strict=True,
+        ):
+            if broken:
+                raise ValueError(str(rule["message"]))
         return self
 
     @property
@@ -991,6 +1056,21 @@ def check_qlora_gpu(peft: Peft | None, resources: Resources | None) -> None:
     """Python twin of QLORA_NEEDS_GPU."""
     if peft is not None and peft.method == PeftMethod.QLORA and (resources is None or resources.gpu < 1):
         raise ValueError(str(QLORA_NEEDS_GPU["message"]))
+
+
+TP_NEEDS_FULL_TRAINING = cel(
+    "!has(self.distributed) || self.distributed.tensorParallel == 1 || !has(self.peft) || "
+    "self.peft.method == 'none' || self.peft.method == 'freeze'",
+    "distributed.tensorParallel > 1 needs peft.method none or freeze: DeepSpeed AutoTP cannot split the layers "
+    "PEFT wraps (LoRA/IA3/prefix/prompt adapters); use tensorParallel 1, or train fully",
+    ".peft.method",
+)
+
+
+def check_tp_full_training(peft: Peft, dist: Distributed) -> None:
+    """Python twin of TP_NEEDS_FULL_TRAINING."""
+    if dist.tensor_parallel > 1 and peft.method not in (PeftMethod.NONE, PeftMethod.FREEZE):
+        raise ValueError(str(TP_NEEDS_FULL_TRAINING["message"]))
 
 
 class Checkpointing(KubeModel):

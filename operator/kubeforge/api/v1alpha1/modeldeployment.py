@@ -48,13 +48,33 @@ class Export(KubeModel):
 class Quantization(KubeModel):
     """Weight quantization of the exported model."""
 
-    mode: Literal["none", "fp16", "int8-dynamic", "int8-static"] = Field(
-        default="none", description="none, fp16, int8-dynamic or int8-static (calibrated)."
+    mode: Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight-only"] = Field(
+        default="none",
+        description=(
+            "none; fp16 (weights and compute); int8-dynamic (int8 weights per tensor, activations quantized on "
+            "the fly: smallest and fastest on CPU, least accurate); int8-static (int8 weights per channel and "
+            "activations with ranges calibrated on `calibration`); int8-weight-only (8-bit block-wise weights in "
+            "onnxruntime MatMulNBits nodes, activations stay float: closest to fp32 of the int8 modes, slower than "
+            "fp32 on CPU; needs onnxruntime >= 1.22 where the model is served, as in backend `python`)."
+        ),
     )
     calibration: DatasetInput | None = Field(default=None, description="Calibration data for int8-static.")
     calibration_samples: int = Field(default=64, ge=1, le=100000, description="Calibration records used.")
     max_logit_diff: float | None = Field(
         default=None, gt=0, description="Fail quantization when max |logit diff| vs fp32 exceeds this."
+    )
+    min_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Quality gate: fail the conversion (ModelExported=False, reason QuantizationQualityBelowGate) when "
+            "the argmax agreement of the quantized vs the fp32 ONNX model (onnxruntime, next-token logits at "
+            "every real position) is below this fraction. Measured on held-out text: the data of a spec.gate "
+            "Evaluation, else the test (or validation) split of the Dataset the model was trained on; "
+            "on random tokens when neither is reachable (status.quantization.source says which). "
+            "0.95-0.99 is typical for int8; unset: report only."
+        ),
     )
 
     model_config = ConfigDict(
@@ -207,6 +227,25 @@ class Endpoints(KubeModel):
     metrics: str | None = Field(default=None, description="Triton Prometheus metrics endpoint.")
 
 
+class QuantizationQuality(KubeModel):
+    """How close the quantized model is to fp32: quantized vs fp32 ONNX logits under onnxruntime."""
+
+    mode: str = Field(description="spec.quantization.mode that was measured.")
+    source: Literal["held-out", "random-tokens"] | None = Field(
+        default=None,
+        description="Parity inputs: `held-out` text of a Dataset split, or `random-tokens` when none was reachable.",
+    )
+    dataset: str | None = Field(default=None, description="Held-out data as `Dataset/name (split)`.")
+    note: str | None = Field(default=None, description="Why random tokens were used, when they were.")
+    positions: int | None = Field(default=None, description="Token positions (or sequences, for classifiers).")
+    agreement: float | None = Field(default=None, description="Fraction of positions whose argmax matches fp32.")
+    top5_overlap: float | None = Field(
+        default=None, description="Mean share of fp32's top-5 classes also in the quantized model's top 5."
+    )
+    max_abs_logit_delta: float | None = Field(default=None, description="Largest |logit difference| vs fp32.")
+    min_agreement: float | None = Field(default=None, description="spec.quantization.minAgreement applied, if any.")
+
+
 class ModelDeploymentStatus(CommonStatus):
     """Observed state of a ModelDeployment."""
 
@@ -218,6 +257,9 @@ class ModelDeploymentStatus(CommonStatus):
     model_digest: str | None = Field(default=None, description="Digest of the model being served.")
     conversion: dict[str, float] | None = Field(
         default=None, description="Conversion report: sizes, max logit diff, argmax agreement."
+    )
+    quantization: QuantizationQuality | None = Field(
+        default=None, description="Quantized vs fp32 quality (argmax agreement, top-5 overlap, max |Δlogit|)."
     )
 
 

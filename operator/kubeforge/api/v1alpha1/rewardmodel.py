@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 from .common import (
     PROGRESS_COLUMNS,
     QLORA_NEEDS_GPU,
+    TP_NEEDS_FULL_TRAINING,
     Checkpointing,
     DatasetInput,
     Distributed,
@@ -25,6 +26,7 @@ from .common import (
     bounded_printer_columns,
     cel,
     check_qlora_gpu,
+    check_tp_full_training,
 )
 
 
@@ -55,6 +57,7 @@ class RewardModelSpec(KubeModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 QLORA_NEEDS_GPU,
+                TP_NEEDS_FULL_TRAINING,
                 cel(
                     "!has(self.model.architecture)",
                     "a reward model needs a pretrained base: set model.uri or model.ref",
@@ -67,6 +70,7 @@ class RewardModelSpec(KubeModel):
     @model_validator(mode="after")
     def _rules(self) -> RewardModelSpec:
         check_qlora_gpu(self.peft, self.resources)
+        check_tp_full_training(self.peft, self.distributed)
         if self.model.architecture is not None:
             raise ValueError("a reward model needs a pretrained base: set model.uri or model.ref")
         return self

@@ -11,6 +11,7 @@ from .common import (
     MAX_URI,
     PROGRESS_COLUMNS,
     QLORA_NEEDS_GPU,
+    TP_NEEDS_FULL_TRAINING,
     Checkpointing,
     DatasetInput,
     Distributed,
@@ -28,6 +29,7 @@ from .common import (
     bounded_printer_columns,
     cel,
     check_qlora_gpu,
+    check_tp_full_training,
 )
 
 
@@ -41,6 +43,11 @@ class RLAlgorithm(StrEnum):
 
 
 ONLINE = {RLAlgorithm.GRPO, RLAlgorithm.RLOO, RLAlgorithm.ONLINE_DPO}
+TP_NEEDS_DPO = (
+    "distributed.tensorParallel > 1 needs algorithm dpo: the online algorithms sample different completions on "
+    "the ranks of one tensor-parallel group, which DeepSpeed AutoTP refuses (it needs identical inputs there); "
+    "use tensorParallel 1 and shard the policy with zeroStage 3"
+)
 
 
 class RewardFunction(KubeModel):
@@ -139,6 +146,7 @@ class RLHFJobSpec(KubeModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 QLORA_NEEDS_GPU,
+                TP_NEEDS_FULL_TRAINING,
                 cel(
                     "self.algorithm == 'dpo' || (has(self.reward) && (has(self.reward.model) || "
                     "has(self.reward.uri) || (has(self.reward.functions) && size(self.reward.functions) > 0)))",
@@ -155,6 +163,11 @@ class RLHFJobSpec(KubeModel):
                     "the policy must be a trained model: set policy.uri or policy.ref",
                     ".policy",
                 ),
+                cel(
+                    "self.algorithm == 'dpo' || !has(self.distributed) || self.distributed.tensorParallel == 1",
+                    TP_NEEDS_DPO,
+                    ".distributed.tensorParallel",
+                ),
             ]
         }
     )
@@ -162,6 +175,7 @@ class RLHFJobSpec(KubeModel):
     @model_validator(mode="after")
     def _rules(self) -> RLHFJobSpec:
         check_qlora_gpu(self.peft, self.resources)
+        check_tp_full_training(self.peft, self.distributed)
         if self.algorithm in ONLINE and (self.reward is None or not self.reward.has_signal):
             raise ValueError(
                 "online algorithms (grpo, rloo, online-dpo) need reward.model, reward.uri or reward.functions"
@@ -170,6 +184,8 @@ class RLHFJobSpec(KubeModel):
             raise ValueError("dpo learns from preference pairs: remove reward")
         if self.policy.architecture is not None:
             raise ValueError("the policy must be a trained model: set policy.uri or policy.ref")
+        if self.algorithm in ONLINE and self.distributed.tensor_parallel > 1:
+            raise ValueError(TP_NEEDS_DPO)
         return self
 
 

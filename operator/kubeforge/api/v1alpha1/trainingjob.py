@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 from .common import (
     PROGRESS_COLUMNS,
     QLORA_NEEDS_GPU,
+    TP_NEEDS_FULL_TRAINING,
     Checkpointing,
     DatasetInput,
     Distributed,
@@ -25,6 +26,7 @@ from .common import (
     bounded_printer_columns,
     cel,
     check_qlora_gpu,
+    check_tp_full_training,
 )
 from .dataset import DatasetTask
 
@@ -100,6 +102,7 @@ class TrainingJobSpec(KubeModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 QLORA_NEEDS_GPU,
+                TP_NEEDS_FULL_TRAINING,
                 cel(
                     "!has(self.model.architecture) || !has(self.peft) || self.peft.method == 'none'",
                     "a model initialised from architecture trains fully: set peft.method none",
@@ -124,6 +127,7 @@ class TrainingJobSpec(KubeModel):
     @model_validator(mode="after")
     def _rules(self) -> TrainingJobSpec:
         check_qlora_gpu(self.peft, self.resources)
+        check_tp_full_training(self.peft, self.distributed)
         if self.model.architecture is not None and self.peft.method != "none":
             raise ValueError("a model initialised from architecture trains fully: set peft.method none")
         if self.model.architecture is not None and self.method != "pretrain":

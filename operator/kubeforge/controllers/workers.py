@@ -1,0 +1,78 @@
+"""The work queue's consumers and the resync loop: the tasks that run passes.
+
+`ensure_started` is called from kopf's watch-event handlers rather than at startup because tasks inherit
+the caller's context, and kopf.event (every condition transition posts one) needs the Event queue that
+kopf puts into the context of its per-object tasks only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .. import metrics
+from . import common, resync
+from .workqueue import WorkQueue
+
+log = logging.getLogger("kubeforge.controllers")
+
+_tasks: list[asyncio.Task[None]] = []
+_stopped = False
+
+
+async def consume(queue: WorkQueue[common.Key]) -> None:
+    """One consumer: take a key, run its pass, re-add it with backoff if the pass failed."""
+    while True:
+        key = await queue.get()
+        try:
+            await common.process(key)
+        except Exception as exc:  # must not kill the consumer: the key comes back after its backoff
+            delay = queue.add_rate_limited(key)
+            metrics.QUEUE_RETRIES.labels(key[0]).inc()
+            log.warning(f"reconcile of {' '.join(key)} failed ({type(exc).__name__}: {exc}); "
+                        f"retry {queue.failures(key)} in {delay:.3g}s")
+        else:
+            queue.forget(key)
+        finally:
+            queue.done(key)
+            metrics.QUEUE_DEPTH.set(len(queue))
+
+
+def reset() -> None:
+    """Forget tasks left by an earlier run in this process (kopf startup); the next watch event starts them."""
+    global _stopped
+    _tasks.clear()
+    _stopped = False
+
+
+def running() -> bool:
+    """Whether this event loop has the consumers and the resync loop."""
+    loop = asyncio.get_running_loop()
+    return bool(_tasks) and all(not t.done() and t.get_loop() is loop for t in _tasks)
+
+
+def ensure_started() -> None:
+    """Start the consumers and the resync loop unless they run (called from watch-event handlers)."""
+    if _stopped or running():
+        return
+    loop = asyncio.get_running_loop()
+    queue = common.queue()
+    _tasks.clear()
+    _tasks.extend(loop.create_task(consume(queue), name=f"kubeforge-worker-{i}")
+                  for i in range(common.settings().workers))
+    _tasks.append(loop.create_task(resync.run(), name="kubeforge-resync"))
+
+
+async def stop() -> None:
+    """Stop every task (kopf cleanup)."""
+    global _stopped
+    _stopped = True
+    mine = [t for t in _tasks if t.get_loop() is asyncio.get_running_loop()]
+    _tasks.clear()
+    for task in mine:
+        task.cancel()
+    for task in mine:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    common.queue().close()
