@@ -153,6 +153,28 @@ INVALID = [
             {"spec.distributed": {"strategy": "deepspeed", "offloadParams": True, "zeroStage": 2}},
             "spec.distributed.offloadParams", msg="offloadParams needs zeroStage 3",
             offline_field="spec.distributed"),
+    # model parallelism (issue 14 §2): pipelineParallel refused, tensorParallel only through DeepSpeed AutoTP
+    Invalid("tj-pipeline-parallel", "TrainingJob",
+            {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 2, "pipelineParallel": 2}},
+            "spec.distributed.pipelineParallel", msg="Trainer and TRL have no pipeline-parallel training loop",
+            offline_field="spec.distributed"),
+    Invalid("tj-tp-with-ddp", "TrainingJob",
+            {"spec.distributed": {"strategy": "ddp", "processesPerNode": 2, "tensorParallel": 2}},
+            "spec.distributed.tensorParallel", msg="tensorParallel > 1 needs strategy deepspeed",
+            offline_field="spec.distributed"),
+    Invalid("tj-tp-zero3", "TrainingJob",
+            {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 2, "tensorParallel": 2,
+                                  "zeroStage": 3}},
+            "spec.distributed.zeroStage", msg="tensorParallel > 1 needs zeroStage 0-2",
+            offline_field="spec.distributed"),
+    Invalid("tj-tp-divides-world", "TrainingJob",
+            {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 6, "tensorParallel": 4}},
+            "spec.distributed.tensorParallel", msg="tensorParallel must divide the worker processes",
+            offline_field="spec.distributed"),
+    Invalid("tj-tp-lora", "TrainingJob",
+            {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 2, "tensorParallel": 2},
+             "spec.peft": {"method": "lora"}},
+            "spec.peft.method", msg="tensorParallel > 1 needs peft.method none or freeze", offline_field="spec"),
     Invalid("tj-tokenizer-both", "TrainingJob", {"spec.tokenizer": {"uri": "org/tok", "trainVocabSize": 1000}},
             "spec.tokenizer", msg="set either uri or trainVocabSize, not both"),
     # Dataset
@@ -195,6 +217,12 @@ INVALID = [
     Invalid("rl-reward-fn-enum", "RLHFJob", {"spec.reward": {"functions": [{"name": "vibes"}]}},
             "spec.reward.functions[0].name", server_msg='Unsupported value: "vibes"', offline_msg="'length'"),
     # RewardModel
+    Invalid("rm-pipeline-parallel", "RewardModel", {"spec.distributed": {"pipelineParallel": 2}},
+            "spec.distributed.pipelineParallel", msg="no pipeline-parallel training loop",
+            offline_field="spec.distributed"),
+    Invalid("rl-tp-online", "RLHFJob",
+            {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 2, "tensorParallel": 2}},
+            "spec.distributed.tensorParallel", msg="tensorParallel > 1 needs algorithm dpo", offline_field="spec"),
     Invalid("rm-arch-base", "RewardModel", {"spec.model": {"architecture": {}}}, "spec.model",
             msg="a reward model needs a pretrained base", offline_field="spec"),
     Invalid("rm-qlora-no-gpu", "RewardModel", {"spec.peft": {"method": "qlora"}}, "spec.peft.method",
@@ -406,6 +434,25 @@ def test_base_manifest_valid_offline(kind: str) -> None:
     parse(manifest(kind), kind)
 
 
+# tensorParallel through DeepSpeed AutoTP: accepted with strategy deepspeed, zeroStage <= 2, full training
+TENSOR_PARALLEL = [
+    ("TrainingJob", {"spec.distributed": {"strategy": "deepspeed", "nodes": 2, "processesPerNode": 8,
+                                          "tensorParallel": 8}}),
+    ("TrainingJob", {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 4, "tensorParallel": 2,
+                                          "zeroStage": 1, "offloadOptimizer": True},
+                     "spec.peft": {"method": "freeze", "freezeLayers": 2}}),
+    ("RewardModel", {"spec.distributed": {"strategy": "deepspeed", "processesPerNode": 2, "tensorParallel": 2}}),
+    ("RLHFJob", {"spec.algorithm": "dpo", "spec.reward": DELETE,
+                 "spec.distributed": {"strategy": "deepspeed", "processesPerNode": 2, "tensorParallel": 2}}),
+]
+
+
+@pytest.mark.parametrize(("kind", "changes"), TENSOR_PARALLEL, ids=[f"{k}-{i}" for i, (k, _) in
+                                                                    enumerate(TENSOR_PARALLEL)])
+def test_tensor_parallel_valid_offline(kind: str, changes: dict[str, Any]) -> None:
+    parse(manifest(kind, changes=changes), kind)
+
+
 @pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)
 def test_invalid_rejected_offline(case: Invalid) -> None:
     problems = _offline_problems(manifest(case.kind, changes=case.changes))
@@ -485,6 +532,16 @@ def test_examples_accepted_by_server(cluster: Cluster, crds: list[str], doc: Any
 @pytest.mark.parametrize("kind", sorted(BASE))
 def test_base_manifest_accepted_by_server(cluster: Cluster, crds: list[str], kind: str) -> None:
     _create(manifest(kind), "default")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("kind", "changes"), TENSOR_PARALLEL, ids=[f"{k}-{i}" for i, (k, _) in
+                                                                    enumerate(TENSOR_PARALLEL)])
+def test_tensor_parallel_accepted_by_server(cluster: Cluster, crds: list[str], kind: str,
+                                            changes: dict[str, Any]) -> None:
+    created = _create(manifest(kind, f"tp-{kind.lower()}", changes), "default")
+    assert created["spec"]["distributed"]["tensorParallel"] > 1
+    assert created["spec"]["distributed"]["pipelineParallel"] == 1  # defaulted by the server
 
 
 @pytest.mark.cluster

@@ -233,6 +233,14 @@ def test_quickstart_runs_in_pods_on_the_real_node(cluster: Any, installed: tuple
         p["status"].get("phase") == "Running"
         for p in items(cluster, ns, "pods", "-l", "app.kubernetes.io/instance=base-lm")
     ), timeout=PIPELINE_TIMEOUT_S / 2, on_timeout=state)
+    # Live progress while it trains: the operator scrapes the pod's metrics endpoint (no API credentials
+    # in the pod) into status.progress, with percent and ETA (printer columns Progress/ETA).
+    live = wait_for("base-lm's live progress in status while it runs", lambda: (
+        o := get(cluster, ns, "trainingjob", "base-lm")) and cond(o, "Succeeded").get("reason") == "Running"
+        and (o["status"].get("progress") or {}).get("step", 0) > 0 and o, timeout=180, on_timeout=state)
+    progress = live["status"]["progress"]
+    assert 0 < progress["step"] <= progress["totalSteps"] and progress["percent"].endswith("%"), progress
+    assert progress["etaSeconds"] >= 0 and progress["loss"] > 0, progress
     cluster.kubectl("delete", "pod", first["metadata"]["name"], "-n", system, "--wait=false")
     replaced = wait_for("a new operator pod Running", lambda: (p := operator_pod(cluster, system))
                         and p["metadata"]["uid"] != first["metadata"]["uid"]

@@ -415,3 +415,56 @@ def test_operator_and_local_runner_lift_the_same_status(kind: str, passed: bool)
     assert cluster == here
     if kind == "Evaluation":
         assert cluster["Passed"][1] == ("ThresholdsMet" if passed else "ThresholdsFailed")
+
+
+def test_reference_into_another_namespace_needs_its_grant(api: FakeApi) -> None:
+    """A tenant cannot make the operator read another namespace's objects unless that Namespace (which
+    tenants cannot edit) grants it with kubeforge.io/allow-references-from."""
+    api.objects[("Dataset", "team-b", "ds")] = {
+        "apiVersion": API, "kind": "Dataset", "spec": DS_SPEC, "status": {"conditions": succeeded()},
+        "metadata": {"name": "ds", "namespace": "team-b", "uid": "u-ds", "generation": 1, "resourceVersion": "1"}}
+    spec = tj_spec(None)
+    spec["dataset"] = {"name": "ds", "namespace": "team-b"}
+    api.put("TrainingJob", "t", spec)
+    asyncio.run(api.passes("TrainingJob", "t"))
+    ok = api.cond("TrainingJob", "t", "Succeeded")
+    assert (ok["status"], ok["reason"]) == ("False", "ReferenceNotGranted")
+    assert "kubeforge.io/allow-references-from=ml" in ok["message"] and "team-b" in ok["message"]
+    assert not [c for c in api.created if c["kind"] == "Job"], "nothing read or run on the tenant's behalf"
+    assert not common.settled(api.objects[("TrainingJob", NS, "t")]), "re-checked until a grant appears"
+
+    api.objects[("Namespace", None, "team-b")] = {  # type: ignore[index]
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "team-b", "annotations": {"kubeforge.io/allow-references-from": "other, ml"}}}
+    asyncio.run(api.passes("TrainingJob", "t"))
+    assert [c["metadata"]["name"] for c in api.created if c["kind"] == "Job"] == ["t-sft-g1"]
+    assert api.cond("TrainingJob", "t", "DependenciesReady")["status"] == "True"
+
+
+def test_a_child_of_an_earlier_object_with_the_same_name_is_not_adopted(
+        api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleted and re-created under the same name, an object must not adopt the old object's Job (and so
+    its result): the stale child is deleted and the pass retried by the queue."""
+    api.put("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    api.put("TrainingJob", "t", tj_spec(None))
+    old_job = {"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "t-sft-g1", "namespace": NS, "resourceVersion": "1",
+                            "ownerReferences": [{"kind": "TrainingJob", "name": "t", "uid": "uid-of-the-old-t",
+                                                 "controller": True}]},
+               "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+    api.objects[("Job", NS, "t-sft-g1")] = old_job
+    deleted: list[str] = []
+
+    async def create(manifest: dict[str, Any]) -> bool:
+        return (manifest["kind"], NS, manifest["metadata"]["name"]) not in api.objects
+
+    async def delete(_v: str, kind: str, ns: str, name: str) -> bool:
+        deleted.append(f"{kind}/{name}")
+        return api.objects.pop((kind, ns, name), None) is not None
+
+    monkeypatch.setattr(kube, "create", create)
+    monkeypatch.setattr(kube, "delete", delete)
+    with pytest.raises(stages.StaleChild, match="earlier object"):
+        asyncio.run(api.passes("TrainingJob", "t"))
+    assert deleted == ["Job/t-sft-g1"]
+    assert not api.cond("TrainingJob", "t", "Succeeded").get("status") == "True", "old result not adopted"

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from .. import metrics
-from ..api.v1alpha1 import KubeResource
+from ..api.v1alpha1 import KubeResource, conditions
 from ..stage import Dependency, ResolvedInput, dependencies
 from . import kube, workers
 from .common import (
@@ -39,6 +39,7 @@ from .common import (
 )
 
 INDEX_SUFFIX = "_by_dependency"
+GRANT_ANNOTATION = "kubeforge.io/allow-references-from"
 # Reasons whose messages are built from other objects' conditions: never copied into another message.
 DERIVED_REASONS = {"WaitingForDependencies", "DependencyFailed", "GatePending", "GateFailed"}
 MAX_DETAIL = 300
@@ -57,10 +58,12 @@ class DependencyReport:
     gate_failed: list[str] = field(default_factory=list)
     cycle: list[str] = field(default_factory=list)
     incompatible: list[str] = field(default_factory=list)  # e.g. a TrainingJob method that does not fit its Dataset
+    not_granted: list[str] = field(default_factory=list)  # references into namespaces that do not allow them
 
     @property
     def inputs_ready(self) -> bool:
-        return not (self.missing or self.pending or self.failed or self.cycle or self.incompatible)
+        return not (self.missing or self.pending or self.failed or self.cycle or self.incompatible
+                    or self.not_granted)
 
     def waiting_message(self) -> str:
         parts = [f"{r} not found" for r in self.missing] + self.pending
@@ -161,11 +164,37 @@ def dataset_mismatch(resource: KubeResource, dep: Dependency, obj: dict[str, Any
     return dataset_task_problem(method, dep.name, str(ds_spec["task"]), template)
 
 
+async def grants(target_ns: str, from_ns: str) -> bool:
+    """Whether namespace `target_ns` lets objects of `from_ns` reference its Kubeforge objects: its
+    `kubeforge.io/allow-references-from` annotation lists `from_ns` (comma-separated) or is `*`.
+
+    The grant sits on the Namespace, which tenants normally cannot edit, so a tenant cannot make the
+    operator read (and train on, or serve) another tenant's artifacts on its behalf."""
+    try:
+        ns = await kube.get("v1", "Namespace", None, target_ns)
+    except kube.KubeError as exc:
+        if exc.status == 403:  # namespaced install: the operator may not read Namespaces, so no grants
+            return False
+        raise
+    allowed = str(((ns or {}).get("metadata") or {}).get("annotations", {}).get(GRANT_ANNOTATION, ""))
+    names = {n.strip() for n in allowed.split(",") if n.strip()}
+    return "*" in names or from_ns in names
+
+
 async def resolve_dependencies(resource: KubeResource, store_root: str) -> DependencyReport:
     """Look up every dependency (concurrently) and sort them into ready/missing/pending/failed/cycle."""
-    deps = dependencies(resource)
-    objs = await asyncio.gather(*(_lookup(d.kind, d.namespace, d.name) for d in deps))
     report = DependencyReport()
+    deps = []
+    for dep in dependencies(resource):
+        if dep.namespace != resource.namespace and not await grants(dep.namespace, resource.namespace):
+            report.not_granted.append(
+                f"{dep.ref} is in namespace {dep.namespace}, which does not allow references from "
+                f"{resource.namespace}: annotate namespace {dep.namespace} with "
+                f"{GRANT_ANNOTATION}={resource.namespace} (a cluster admin), or copy the object here"
+            )
+        else:
+            deps.append(dep)
+    objs = await asyncio.gather(*(_lookup(d.kind, d.namespace, d.name) for d in deps))
     for dep, obj in zip(deps, objs, strict=True):
         gate = dep.key == "gate"
         if obj is None:
@@ -211,6 +240,11 @@ async def resolve_dependencies(resource: KubeResource, store_root: str) -> Depen
 
 def apply_dependency_conditions(writer: StatusWriter, report: DependencyReport, kind: str, main: str) -> bool:
     """DependenciesReady (+ the main condition while blocked); True when the inputs are ready."""
+    if report.not_granted:
+        msg = "; ".join(report.not_granted)
+        writer.set(DEPENDENCIES_READY, "False", conditions.REFERENCE_NOT_GRANTED, msg)
+        writer.set(main, "False", conditions.REFERENCE_NOT_GRANTED, msg)
+        return False
     if report.incompatible:
         msg = "; ".join(report.incompatible)
         writer.set(DEPENDENCIES_READY, "False", "IncompatibleDataset", msg)

@@ -24,6 +24,7 @@ PLURALS = {
     "Pod": "pods",
     "Event": "events",
     "Job": "jobs",
+    "Namespace": "namespaces",
     "Deployment": "deployments",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
@@ -113,7 +114,7 @@ def _request(
     return json.loads(data) if data else None
 
 
-def _get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+def _get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
     try:
         return dict(_request("GET", path(api_version, kind, namespace, name)))
     except KubeError as exc:
@@ -122,7 +123,7 @@ def _get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, An
         raise
 
 
-async def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+async def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     return await asyncio.to_thread(_get, api_version, kind, namespace, name)
 

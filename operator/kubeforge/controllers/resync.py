@@ -7,7 +7,8 @@ watch cache and adds the objects that are due to the work queue:
 
 * bounded kinds that are not settled, `resync_interval()` after their last pass (events do the real work);
 * every ModelDeployment, `poll_interval` after its last pass (Triton readiness and canary promotion are
-  time-based, and serving is never finished).
+  time-based, and serving is never finished);
+* objects whose stage runs, `PROGRESS_INTERVAL_S` after their last pass, so status.progress stays live.
 
 A failed pass is not the resync's business: the consumer re-adds it with backoff (workers.py).
 """
@@ -16,17 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from . import common
 
 TICK_MAX_S = 5.0
 TICK_MIN_S = 0.2
 LONG_RUNNING = "ModelDeployment"
+PROGRESS_INTERVAL_S = 5.0
 
 
 def interval_of(kind: str) -> float:
     """Seconds between safety-net passes of one object of this kind."""
     return common.settings().poll_interval if kind == LONG_RUNNING else common.resync_interval()
+
+
+def running(body: dict[str, Any]) -> bool:
+    """The object's stage Job runs (Succeeded=Unknown, reason Running)."""
+    cond = common.find_condition((body.get("status") or {}).get("conditions"), common.SUCCEEDED)
+    return cond is not None and cond.get("reason") == "Running"
 
 
 def due(now: float, since: float) -> list[common.Key]:
@@ -35,7 +44,10 @@ def due(now: float, since: float) -> list[common.Key]:
     for key, body in common.reconcilable():
         if key[0] != LONG_RUNNING and common.settled(body):
             continue
-        if now - common.last_pass.get(key, since) >= interval_of(key[0]):
+        interval = interval_of(key[0])
+        if running(body):
+            interval = min(interval, max(PROGRESS_INTERVAL_S, common.settings().poll_interval))
+        if now - common.last_pass.get(key, since) >= interval:
             out.append(key)
     return out
 

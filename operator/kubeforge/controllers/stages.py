@@ -29,13 +29,14 @@ from ..builders.common import (
 from ..builders.common import STAGE_CONTAINER as STAGE_CONTAINER_NAME
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageResult, output_uri, stage_name
-from . import kube
+from . import kube, progress
 from .common import (
     JOB_CREATED,
     RESULT_ANNOTATION,
     SUCCEEDED,
     StatusWriter,
     cached,
+    forget,
     iter_lineage,
     job_state,
     measured,
@@ -140,8 +141,38 @@ async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return job
 
 
+# Kinds whose stage reports training progress (steps, loss) while it runs: status.progress is live.
+PROGRESS_KINDS = ("TrainingJob", "RewardModel", "RLHFJob")
+
+
+class StaleChild(RuntimeError):
+    """A child with the deterministic name belongs to an earlier object of the same name (deleted and
+    re-created): it was deleted; the pass fails and the work queue retries after its backoff."""
+
+
+def owner_uid(obj: dict[str, Any]) -> str | None:
+    """UID of the controlling owner reference, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+async def drop_if_stale(found: dict[str, Any], uid: str) -> None:
+    """Refuse to adopt a child whose owner UID is not `uid`: delete it and raise StaleChild."""
+    theirs = owner_uid(found)
+    if theirs is None or theirs == uid:
+        return
+    meta = found["metadata"]
+    await kube.delete(str(found.get("apiVersion") or "v1"), str(found["kind"]), meta["namespace"], meta["name"])
+    forget(str(found["kind"]), meta["namespace"], meta["name"])
+    raise StaleChild(f"{found['kind']} {meta['name']} belonged to an earlier object of this name (owner UID "
+                     f"{theirs}); deleted it, a fresh one follows")
+
+
 async def create_children(children: list[dict[str, Any]]) -> bool:
-    """Create in order (ConfigMap before Job); True when the Job itself was new. Raises ChildRejected."""
+    """Create in order (ConfigMap before Job); True when the Job itself was new. Raises ChildRejected, or
+    StaleChild when a child of that name exists but belongs to an earlier object of the same name."""
     created_job = False
     for child in children:
         try:
@@ -150,6 +181,13 @@ async def create_children(children: list[dict[str, Any]]) -> bool:
             if (refused := rejected(child, exc)) is not None:
                 raise refused from exc
             raise
+        if not created and (uid := owner_uid(child)) is not None:
+            meta = child["metadata"]
+            found = await kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+            if found is not None:
+                found.setdefault("apiVersion", child["apiVersion"])
+                found.setdefault("kind", child["kind"])
+                await drop_if_stale(found, uid)
         if child["kind"] == "Job":
             created_job = created
     return created_job
@@ -230,12 +268,15 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
             box["outcome"] = "created"
             w.flush(patch)
             return
+        await drop_if_stale({"apiVersion": "batch/v1", "kind": "Job", **job}, str(body["metadata"].get("uid")))
         w.fields["jobName"] = job_name
         if (w.condition(JOB_CREATED) or {}).get("observedGeneration") != w.generation:
             w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
         state, job_reason, job_message = job_state(job)
         if state == "Running":
             w.set(SUCCEEDED, "Unknown", "Running", f"Job {job_name} is running")
+            if kind in PROGRESS_KINDS and (live := await progress.read_progress(job)) is not None:
+                w.fields["progress"] = live
             box["outcome"] = "running"
             w.flush(patch)
             return

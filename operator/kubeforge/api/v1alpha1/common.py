@@ -1221,4 +1221,6 @@ def bounded_printer_columns(extra: list[dict[str, Any]] | None = None) -> list[d
 PROGRESS_COLUMNS: list[dict[str, Any]] = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "priority": 0},
+    {"name": "ETA", "type": "number", "jsonPath": ".status.progress.etaSeconds",
+     "description": "Estimated seconds left in the running stage."},
 ]

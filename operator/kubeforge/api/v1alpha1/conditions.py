@@ -39,6 +39,9 @@ DEPENDENCIES_SUCCEEDED = "DependenciesSucceeded"
 """DependenciesReady=True."""
 INCOMPATIBLE_DATASET = "IncompatibleDataset"
 """The referenced Dataset's task or columns do not fit this object's method."""
+REFERENCE_NOT_GRANTED = "ReferenceNotGranted"
+"""A reference into another namespace that has not granted it (annotation
+`kubeforge.io/allow-references-from` on that Namespace); clears once a cluster admin grants it."""
 CHILD_REJECTED = "ChildRejected"
 """The API server refused a child (400/403/422); its message says why. Retrying cannot help."""
 THRESHOLDS_MET = "ThresholdsMet"
@@ -67,8 +70,8 @@ SERVING = "Serving"
 WARNING_REASONS = frozenset({
     INVALID_SPEC, DEPENDENCY_FAILED, INCOMPATIBLE_DATASET, GATE_FAILED, "BackoffLimitExceeded",
     "DeadlineExceeded", "Failed", CONVERSION_FAILED, THRESHOLDS_FAILED, NO_RESULT, CHILD_REJECTED,
-    STAGE_CRASHED, EVALUATION_FAILED,
+    STAGE_CRASHED, EVALUATION_FAILED, REFERENCE_NOT_GRANTED,
 })
 """Reasons posted as Warning Events."""
-RECOVERABLE = frozenset({DEPENDENCY_FAILED, INCOMPATIBLE_DATASET})
+RECOVERABLE = frozenset({DEPENDENCY_FAILED, INCOMPATIBLE_DATASET, REFERENCE_NOT_GRANTED})
 """Succeeded=False reasons that may clear by themselves (a dependency re-runs): the operator keeps looking."""

@@ -1,0 +1,98 @@
+"""Live progress: the operator scrapes the running stage's own metrics endpoint (the trainer's
+ProgressReporter, in a real subprocess on a real port) into status.progress with percent and ETA."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubeforge.controllers import kube, progress, resync
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+STAGE = textwrap.dedent("""
+    import sys, time
+    from kubeforge.stage import StageConfig
+    from kubeforge_trainer.runtime import ProgressReporter
+    config = StageConfig.model_validate({
+        "resource": {"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+                     "metadata": {"name": "t", "namespace": "ml"}, "spec": {}},
+        "stage": "sft", "outputUri": "file:///tmp/out", "metricsPort": int(sys.argv[1])})
+    reporter = ProgressReporter(config)
+    reporter.update(step=3, total_steps=12, loss=1.5, learning_rate=0.001, tokens_per_second=250.0)
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
+@pytest.fixture
+def stage_port() -> Any:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", STAGE, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "stage metrics endpoint never answered"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_operator_reads_the_running_stages_progress(stage_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = datetime.now(UTC) - timedelta(seconds=30)
+    pods = [{"metadata": {"name": "t-sft-g1-abc", "annotations": {}},
+             "status": {"phase": "Running", "podIP": "127.0.0.1"}},
+            {"metadata": {"name": "t-sft-g1-old"}, "status": {"phase": "Failed", "podIP": "10.0.0.9"}}]
+
+    async def list_objects(_v: str, kind: str, ns: str, selector: str) -> list[dict[str, Any]]:
+        assert (kind, ns, selector) == ("Pod", "ml", "batch.kubernetes.io/job-name=t-sft-g1")
+        return pods
+
+    monkeypatch.setattr(kube, "list_objects", list_objects)
+    job = {"metadata": {"name": "t-sft-g1", "namespace": "ml"},
+           "status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    live = asyncio.run(progress.read_progress(job, stage_port))
+    assert live is not None
+    assert (live["step"], live["totalSteps"], live["percent"]) == (3, 12, "25%")
+    assert live["loss"] == 1.5 and live["learningRate"] == 0.001 and live["tokensPerSecond"] == 250.0
+    assert 85 <= live["etaSeconds"] <= 100, "30 s for 3 of 12 steps: about 90 s left"
+
+    pods[0]["status"]["phase"] = "Pending"
+    assert asyncio.run(progress.read_progress(job, stage_port)) is None, "no running pod: status left alone"
+
+
+def test_unreachable_pod_leaves_status_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def list_objects(*_: Any) -> list[dict[str, Any]]:
+        return [{"metadata": {"name": "p"}, "status": {"phase": "Running", "podIP": "127.0.0.1"}}]
+
+    monkeypatch.setattr(kube, "list_objects", list_objects)
+    job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {}}
+    assert asyncio.run(progress.read_progress(job, free_port())) is None
+
+
+def test_running_objects_are_resynced_at_the_progress_interval() -> None:
+    running = {"status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}]}}
+    waiting = {"status": {"conditions": [{"type": "Succeeded", "status": "Unknown",
+                                          "reason": "WaitingForDependencies"}]}}
+    assert resync.running(running) and not resync.running(waiting) and not resync.running({})
