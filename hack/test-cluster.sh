@@ -118,11 +118,17 @@ componentsPatches:
   - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}
 - name: kube-controller-manager
   extraArgs:
+  # One instance: no leader election. Under load (2 cores, image builds) a missed lease renewal made the
+  # controller-manager exit for good ("leaderelection lost"), and with it Jobs, GC and ServiceAccounts.
+  - {key: leader-elect, value: "false"}
   # The default 20 QPS starves Job and GC work when a test creates 1,000 objects.
   - {key: kube-api-qps, value: "200"}
   - {key: kube-api-burst, value: "400"}
   - {key: concurrent-job-syncs, value: "20"}
   - {key: concurrent-gc-syncs, value: "50"}
+- name: kube-scheduler
+  extraArgs:
+  - {key: leader-elect, value: "false"}
 EOF
     default_stages
     cat <<'EOF'

@@ -599,11 +599,12 @@ def test_printer_columns(cluster: Cluster, crds: list[str], namespace: str) -> N
     client.CustomObjectsApi().patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, "trainingjobs", "printed",
         {"status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}],
-                    "progress": {"percent": "42%", "loss": 1.25}}},
+                    "progress": {"percent": "42%", "loss": 1.25, "etaSeconds": 73.5}}},
     )
     out = cluster.kubectl("get", "trainingjobs", "-n", namespace).stdout.splitlines()
-    assert re.split(r"\s{2,}", out[0].strip()) == ["NAME", "SUCCEEDED", "REASON", "METHOD", "PROGRESS", "LOSS", "AGE"]
-    assert re.split(r"\s{2,}", out[1].strip())[:6] == ["printed", "Unknown", "Running", "sft", "42%", "1.25"]
+    assert re.split(r"\s{2,}", out[0].strip()) == ["NAME", "SUCCEEDED", "REASON", "METHOD", "PROGRESS", "LOSS", "ETA",
+                                                   "AGE"]
+    assert re.split(r"\s{2,}", out[1].strip())[:7] == ["printed", "Unknown", "Running", "sft", "42%", "1.25", "73.5"]
     wide = cluster.kubectl("get", "kftj", "printed", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert "PEFT" in wide[0] and "lora" in wide[1]
 

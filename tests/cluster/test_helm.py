@@ -170,6 +170,7 @@ NEEDED = [
     ("create", "configmaps", "", ""), ("create", "services", "", ""), ("patch", "services", "", ""),
     ("list", "pods", "", ""), ("create", "events", "", ""), ("create", "deployments", "apps", ""),
     ("patch", "deployments", "apps", ""), ("delete", "deployments", "apps", ""),
+    ("watch", "deployments", "apps", ""), ("list", "deployments", "apps", ""),
     ("create", "horizontalpodautoscalers", "autoscaling", ""), ("patch", "horizontalpodautoscalers", "autoscaling", ""),
     ("delete", "horizontalpodautoscalers", "autoscaling", ""), ("create", "poddisruptionbudgets", "policy", ""),
     ("patch", "poddisruptionbudgets", "policy", ""), ("delete", "poddisruptionbudgets", "policy", ""),

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-2 under `torchrun --nproc_per_node=2` on CPU (gloo) matches plain DDP."""
+"""DeepSpeed under `torchrun --nproc_per_node=2` on CPU (gloo): ZeRO-2 matches plain DDP; ZeRO-3 trains with and
+without CPU offload and saves full weights. Tensor parallelism: tests/ml/test_tensor_parallel.py."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_zero3_with_and_without_cpu_offload_two_processes(
 ) -> None:
     """ZeRO-3 partitions every parameter over the two ranks; offload moves parameters and optimiser state to
     CPU. Both train (same losses: offload changes where the numbers live, not the arithmetic) and save the full
-    gathered 16-bit-gather weights as loadable safetensors."""
+    weights, gathered from the partitions, as loadable safetensors."""
     data = {"dataset": tiny_dataset_dir("text")}
     runs = {
         "zero3": {"strategy": "deepspeed", "processesPerNode": 2, "zeroStage": 3},

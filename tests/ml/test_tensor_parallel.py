@@ -171,6 +171,7 @@ def test_model_without_a_tensor_parallel_plan_is_refused() -> None:
     from kubeforge_trainer.tensor_parallel import check_tensor_parallel
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64, n_positions=32))
+    cfg = GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
     with pytest.raises(StageError, match=r"model type gpt2 has no tensor-parallel plan.*zeroStage 3"):
         check_tensor_parallel(_spec(2), model)

@@ -145,6 +145,23 @@ def test_generation_only_requested() -> None:
     assert got == {"rougeL": 1.0, "exact_match": 1.0}
 
 
+def test_contains_checks_the_answer_not_the_template() -> None:
+    ref = " Alice lives in Athens."
+    preds = [
+        "Alice lives in Athens.",  # exact
+        "Alice lives in Athens. Bruno has a cat.",  # right answer, then more text
+        "alice lives in athens",  # case and punctuation differ: only with the options
+        "Alice lives in Oslo.",  # same template, wrong fact
+        "Alice lives in Athensville.",  # a word must match whole
+    ]
+    assert metrics.contains(preds, [ref] * 5) == pytest.approx(2 / 5)
+    assert metrics.contains(preds, [ref] * 5, ignore_case=True, ignore_punctuation=True) == pytest.approx(3 / 5)
+    assert metrics.contains(["", "x"], ["", ""]) == 0.5  # an empty reference matches only an empty prediction
+    assert metrics.exact_match(preds[:2], [ref] * 2) == 0.5
+    got = metrics.generation(preds[:2], [ref] * 2, ["contains", "exact_match"])
+    assert got == {"contains": 1.0, "exact_match": 0.5}
+
+
 def test_numbers() -> None:
     assert metrics.extract_number("so 3 + 4 = 7. The answer is 1,234.50 apples") == "1234.5"
     assert metrics.extract_number("no digits") is None

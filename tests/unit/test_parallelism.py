@@ -75,18 +75,27 @@ def test_tensor_parallel_with_deepspeed_is_valid(kind: str) -> None:
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("TrainingJob", {"distributed": {"strategy": "deepspeed", "pipelineParallel": 2}}, "no pipeline-parallel"),
     ("RewardModel", {"distributed": {"strategy": "deepspeed", "pipelineParallel": 4}}, "no pipeline-parallel"),
-    ("TrainingJob", {"distributed": {"strategy": "ddp", "processesPerNode": 2, "tensorParallel": 2}},
-     "tensorParallel > 1 needs strategy deepspeed"),
-    ("TrainingJob", {"distributed": {"strategy": "none", "tensorParallel": 2}},
-     "tensorParallel > 1 needs strategy deepspeed"),
+    (
+        "TrainingJob",
+        {"distributed": {"strategy": "ddp", "processesPerNode": 2, "tensorParallel": 2}},
+        "tensorParallel > 1 needs strategy deepspeed",
+    ),
+    (
+        "TrainingJob",
+        {"distributed": {"strategy": "none", "tensorParallel": 2}},
+        "tensorParallel > 1 needs strategy deepspeed",
+    ),
     ("TrainingJob", {"distributed": {**TP2, "zeroStage": 3}}, "tensorParallel > 1 needs zeroStage 0-2"),
     ("TrainingJob", {"distributed": {**TP2, "processesPerNode": 3}}, "tensorParallel must divide"),
     ("TrainingJob", {"distributed": {**TP2, "nodes": 3, "processesPerNode": 1}}, "tensorParallel must divide"),
     ("TrainingJob", {"distributed": TP2, "peft": {"method": "lora"}}, "needs peft.method none or freeze"),
     ("RewardModel", {"distributed": TP2, "peft": {"method": "ia3"}}, "needs peft.method none or freeze"),
     ("RLHFJob", {"distributed": TP2, "peft": {"method": "lora"}}, "needs peft.method none or freeze"),
-    ("RLHFJob", {"algorithm": "grpo", "reward": {"functions": [{"name": "length"}]}, "distributed": TP2},
-     "needs algorithm dpo"),
+    (
+        "RLHFJob",
+        {"algorithm": "grpo", "reward": {"functions": [{"name": "length"}]}, "distributed": TP2},
+        "needs algorithm dpo",
+    ),
 ]
 
 

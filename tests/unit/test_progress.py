@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
 from kubeforge.controllers import kube, progress, resync
 
 

@@ -425,6 +425,7 @@ def eval_generation(ctx: Context, prompt: Prompt) -> Outcome:
             "prediction": pred,
             "score": score,
             "exactMatch": metrics.normalize_answer(pred, **em) == metrics.normalize_answer(ref, **em),
+            "contains": metrics.contains_one(pred, ref, **em),
         }
         for p, pred, ref, score in zip(texts, preds, refs, scores, strict=True)
     ]

@@ -249,6 +249,32 @@ def exact_match(
     return hits / len(preds)
 
 
+def contains(
+    preds: Sequence[str],
+    refs: Sequence[str],
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+    ignore_articles: bool = False,
+    regexes_to_ignore: Sequence[str] = (),
+) -> float:
+    """Share of predictions that contain their whole reference as a run of words, both normalised as for
+    `exact_match` (an empty reference only matches an empty prediction)."""
+    _check(preds, refs)
+    opts: dict[str, Any] = {
+        "ignore_case": ignore_case,
+        "ignore_punctuation": ignore_punctuation,
+        "ignore_articles": ignore_articles,
+        "regexes_to_ignore": tuple(regexes_to_ignore),
+    }
+    return sum(contains_one(p, r, **opts) for p, r in zip(preds, refs, strict=True)) / len(preds)
+
+
+def contains_one(pred: str, ref: str, **opts: Any) -> bool:
+    """Whether one prediction contains its reference (see `contains`); `opts` as for `normalize_answer`."""
+    p, r = normalize_answer(pred, **opts), normalize_answer(ref, **opts)
+    return p == r if not r else f" {r} " in f" {p} "
+
+
 def exact_match_options(options: MetricOptions | None) -> dict[str, Any]:
     """spec.metricOptions.exactMatch as keyword arguments of `exact_match`/`normalize_answer`."""
     if options is None:
@@ -285,6 +311,8 @@ def generation(
         out.update({k: v for k, v in scores.items() if k in wanted})
     if "exact_match" in wanted:
         out["exact_match"] = exact_match(preds, refs, **exact_match_options(options))
+    if "contains" in wanted:
+        out["contains"] = contains(preds, refs, **exact_match_options(options))
     return out
 
 

@@ -4,7 +4,9 @@ functions (weighted per spec.reward), or offline DPO on preference pairs (TRL).
 Mapping: spec.klCoefficient → `beta`; spec.generation → num_generations, max_completion_length
 (online DPO: max_new_tokens), temperature, top_p. Metrics: `reward` is the mean reward of the
 sampled completions over the run (online), or the mean implicit reward margin chosen-rejected
-(DPO); `reward_final` is the last logged value. The policy is saved like a TrainingJob output.
+(DPO); `reward_final` is the last logged value. Online algorithms also score greedy completions of
+held-out prompts before and after training (`reward_before`, `reward_after`, `reward_gain`; see
+rlhf_heldout). The policy is saved like a TrainingJob output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kubeforge.stage import StageConfig, StageResult, local_path
 from . import modelio
 from .callbacks import ProgressCallback
 from .rewards import REFERENCE_COLUMN, build_reward_functions
+from .rlhf_heldout import RewardSetup, before_after_metrics, heldout_prompts, log_samples, mean_reward
 from .runtime import ProgressReporter, StageError
 from .stagecommon import (
     apply_peft,
@@ -177,8 +180,23 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     except ValueError as exc:  # TRL's own consistency checks (batch vs group size, ...)
         raise StageError(f"{what}: {str(exc).splitlines()[0]}") from None
 
+    heldout = None
+    zero3 = ds_config is not None and spec.distributed.zero_stage == 3  # generate() needs gathered weights
+    if algo != RLAlgorithm.DPO and not zero3:
+        heldout = heldout_prompts(config, spec, prompts_dataset)
+    setup = RewardSetup(reward_funcs, reward_weights, reward_tokenizers)
+    max_new = spec.generation.max_completion_length
+    before = None
+    if heldout is not None:  # the starting policy, whether or not training resumes from a checkpoint
+        before = mean_reward(trainer.model, tok, heldout[1], setup, max_new, keep_samples=4)
+        log_samples(f"held-out {heldout[0]} before {algo.value}", before[0], setup.samples)
+
     resume = resume_point(ckpt, spec.checkpointing.resume)
     output = trainer.train(resume_from_checkpoint=resume)
+    after = None
+    if heldout is not None:
+        after = mean_reward(trainer.accelerator.unwrap_model(trainer.model), tok, heldout[1], setup, max_new, 4)
+        log_samples(f"held-out {heldout[0]} after {algo.value}", after[0], setup.samples)
     key = REWARD_KEY[algo]
     metrics: dict[str, float | None] = {
         "train_loss": callback.last("loss") if callback.last("loss") is not None else output.training_loss,
@@ -198,10 +216,12 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
             metrics["eval_reward_accuracy"] = ev.get("eval_rewards/accuracies")
     else:
         metrics["kl"] = callback.last("kl")
+        n = len(heldout[1]) if heldout is not None else 0
+        metrics.update(before_after_metrics(before, after, n, setup.mixed))
 
     save_causal_lm(trainer, tok, spec, policy_uri, local_path(config.output_uri))
     trainer.accelerator.wait_for_everyone()
-    r = metrics["reward"]
+    r, b, a = metrics["reward"], metrics.get("reward_before"), metrics.get("reward_after")
     return finish(
         config,
         reporter,
@@ -209,7 +229,8 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         metrics,
         ckpt,
         f"{algo.value} finished after {trainer.state.global_step} steps"
-        + (f", mean reward {r:.4f}" if r is not None else ""),
+        + (f", mean reward {r:.4f}" if r is not None else "")
+        + (f", held-out reward {b:.4f} -> {a:.4f}" if b is not None and a is not None else ""),
     )
 
 

@@ -489,7 +489,11 @@ def get_stage_workload(
     distributed_run = is_distributed(distributed)
     if deepspeed is not None:
         data[DEEPSPEED_FILE] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
-    children: list[Manifest] = [get_config_map(resource, name, labels, data)]
+    # The ConfigMap's name carries the owner's UID: an object deleted and re-created under the same name
+    # never mounts the old object's config (the operator may not read ConfigMaps to check their owner).
+    uid = str(resource.metadata.get("uid") or "")
+    config_name = f"{name}-{uid[:8]}" if uid else name
+    children: list[Manifest] = [get_config_map(resource, config_name, labels, data)]
 
     storage = get_storage(config.to_wire(), settings, output)
     env: list[dict[str, Any]] = [
@@ -527,7 +531,7 @@ def get_stage_workload(
         pod_extra = {"subdomain": svc}
 
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": name}},
+        {"name": "config", "configMap": {"name": config_name}},
         scratch_volume(resources),
         *storage.volumes,
     ]

@@ -52,6 +52,7 @@ async def startup(
     settings.queueing.worker_limit = None
     executor = ThreadPoolExecutor(max_workers=kube.API_THREADS, thread_name_prefix="kube")
     asyncio.get_running_loop().set_default_executor(executor)
+    modeldeployment.reset()
     workers.reset()  # consumers and resync start with the first watch event (workers.ensure_started)
     try:
         if metrics.start_server(s.metrics_port):

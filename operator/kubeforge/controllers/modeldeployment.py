@@ -9,6 +9,9 @@ gate is open. Canary: the new version runs as `<name>-canary` beside the stable 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +22,7 @@ from .. import heldout
 from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
 from ..api.v1alpha1.common import now_rfc3339
 from ..builders import modeldeployment as builders
-from ..builders.common import child_name
+from ..builders.common import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
 from ..stage import ResolvedInput, output_uri
 from . import common, deps, kube, stages
 
@@ -38,14 +41,48 @@ def _render(build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         raise _Refused(str(exc)) from exc
 
 
+# (kind, namespace, name) -> (hash of what was last applied, when): a pass applies a serving child only
+# when its rendered manifest changed, or REAPPLY_S after the last apply (to undo edits of fields the
+# operator owns). Deployments are watched (`deployment_event`), so their status comes from the cache.
+_applied: dict[tuple[str, str, str], tuple[str, float]] = {}
+REAPPLY_S = 600.0
+
+
+def reset() -> None:
+    """Forget what was applied (an operator restarted in the same process applies everything once)."""
+    _applied.clear()
+
+
+def _digest(child: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(child, sort_keys=True, default=str).encode()).hexdigest()
+
+
 async def _apply(child: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply of one serving child; a permanent refusal becomes ChildRejected."""
+    """Server-side apply of one serving child unless nothing changed; a permanent refusal is ChildRejected."""
+    meta = child["metadata"]
+    key = (str(child["kind"]), str(meta["namespace"]), str(meta["name"]))
+    digest, last = _digest(child), _applied.get(key)
+    known = common.cached(*key) if key[0] == "Deployment" else {}
+    if last is not None and last[0] == digest and known is not None and time.monotonic() - last[1] < REAPPLY_S:
+        return known
     try:
-        return await kube.apply(child)
+        out = await kube.apply(child)
     except kube.KubeError as exc:
         if (refused := stages.rejected(child, exc)) is not None:
             raise refused from exc
         raise
+    _applied[key] = (digest, time.monotonic())
+    if key[0] == "Deployment":
+        common.remember({"apiVersion": "apps/v1", "kind": "Deployment", **out})
+    return out
+
+
+async def _delete_deployment(namespace: str, name: str) -> None:
+    """Delete a Deployment the watch cache knows (no DELETE request per pass for one that is not there)."""
+    if common.cached("Deployment", namespace, name) is not None:
+        await kube.delete("apps/v1", "Deployment", namespace, name)
+        common.forget("Deployment", namespace, name)
+    _applied.pop(("Deployment", namespace, name), None)
 
 
 async def _get(key: heldout.Key) -> dict[str, Any] | None:
@@ -158,7 +195,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
         applied[child["metadata"]["name"] + "/" + child["kind"]] = await _apply(child)
     await _prune(w, md)
     if not canary:
-        await kube.delete("apps/v1", "Deployment", md.namespace, builders.deployment_name(md, builders.CANARY))
+        await _delete_deployment(md.namespace, builders.deployment_name(md, builders.CANARY))
         if served != version:
             msg = f"serving {version} from {repo}"
             kopf.event(common.as_body(w.body), type="Normal", reason="Deployed", message=msg)
@@ -176,8 +213,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
             if (datetime.now(UTC) - started).total_seconds() >= md.spec.rollout.promote_after_seconds:
                 for child in builders.get_serving_children(md, s, stable_version=version, stable_repository=repo):
                     applied[child["metadata"]["name"] + "/" + child["kind"]] = await _apply(child)
-                await kube.delete("apps/v1", "Deployment", md.namespace,
-                                  builders.deployment_name(md, builders.CANARY))
+                await _delete_deployment(md.namespace, builders.deployment_name(md, builders.CANARY))
                 msg = f"canary {version} promoted to stable"
                 kopf.event(common.as_body(w.body), type="Normal", reason="Promoted", message=msg)
                 w.fields.update(servedVersion=version, servedModelRepository=repo, canaryVersion=None,
@@ -270,3 +306,20 @@ kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + deps.INDEX_SUFFIX)(deps.index_dep
 async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Metrics gauge and cache; queue a pass when the object is new or changed (no dependents)."""
     await deps.on_object_event(body, type, common.READY, kwargs)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+               id="wake-model-deployment")
+async def deployment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A Triton Deployment changed (replicas became ready, it vanished): cache it and queue its owner."""
+    data = common.plain(body)
+    meta = data.get("metadata") or {}
+    ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    if type == "DELETED":
+        common.forget("Deployment", ns, name)
+        _applied.pop(("Deployment", ns, name), None)
+    else:
+        common.remember({"apiVersion": "apps/v1", "kind": "Deployment", **data})
+    owner = (meta.get("labels") or {}).get(LABEL_OWNER)
+    if (meta.get("labels") or {}).get(LABEL_KIND) == "ModelDeployment" and owner:
+        common.wake("ModelDeployment", ns, str(owner))

@@ -172,7 +172,8 @@ async def drop_if_stale(found: dict[str, Any], uid: str) -> None:
 
 async def create_children(children: list[dict[str, Any]]) -> bool:
     """Create in order (ConfigMap before Job); True when the Job itself was new. Raises ChildRejected, or
-    StaleChild when a child of that name exists but belongs to an earlier object of the same name."""
+    StaleChild when the Job of that name exists but belongs to an earlier object of the same name (the
+    ConfigMap's name carries the owner's UID, so it cannot be another object's)."""
     created_job = False
     for child in children:
         try:
@@ -181,7 +182,7 @@ async def create_children(children: list[dict[str, Any]]) -> bool:
             if (refused := rejected(child, exc)) is not None:
                 raise refused from exc
             raise
-        if not created and (uid := owner_uid(child)) is not None:
+        if not created and child["kind"] == "Job" and (uid := owner_uid(child)) is not None:
             meta = child["metadata"]
             found = await kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
             if found is not None:

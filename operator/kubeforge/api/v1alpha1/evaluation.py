@@ -52,6 +52,7 @@ class Metric(StrEnum):
     EXACT_MATCH = "exact_match"
     EXACT_MATCH_STRICT = "exact_match_strict"
     EXACT_MATCH_FLEXIBLE = "exact_match_flexible"
+    CONTAINS = "contains"
     ACC_NORM = "acc_norm"
     PERPLEXITY = "perplexity"
 
@@ -61,7 +62,7 @@ TASK_METRICS: dict[EvalTask, set[Metric]] = {
     EvalTask.CLASSIFICATION: {Metric.ACCURACY, Metric.PRECISION, Metric.RECALL, Metric.F1},
     EvalTask.REGRESSION: {Metric.MSE, Metric.RMSE, Metric.MAE},
     EvalTask.GENERATION: {
-        Metric.BLEU, Metric.NIST, Metric.ROUGE1, Metric.ROUGE2, Metric.ROUGEL, Metric.EXACT_MATCH,
+        Metric.BLEU, Metric.NIST, Metric.ROUGE1, Metric.ROUGE2, Metric.ROUGEL, Metric.EXACT_MATCH, Metric.CONTAINS,
     },
     EvalTask.LANGUAGE_MODELING: {Metric.PERPLEXITY},
     EvalTask.MULTIPLE_CHOICE: {Metric.ACCURACY, Metric.ACC_NORM},
@@ -405,7 +406,10 @@ class EvaluationSpec(KubeModel):
         min_length=1,
         max_length=16,
         description=(
-            "Metrics to compute. multiple-choice: accuracy (the harness's acc), acc_norm (log-likelihood per "
+            "Metrics to compute. generation: bleu, nist, rouge1/2/L, exact_match, contains (the prediction "
+            "contains its whole reference as words, after the exactMatch normalisation: a correct answer with "
+            "extra text around it still counts, a fluent wrong one does not); multiple-choice: accuracy (the "
+            "harness's acc), acc_norm (log-likelihood per "
             "character of the option); numeric-answer: accuracy (last number equals the gold number), "
             "exact_match, exact_match_strict and exact_match_flexible (the harness's GSM8K strict-match and "
             "flexible-extract)."
