@@ -133,6 +133,9 @@ cmd_build() {
   # One build at a time: two test sessions must not both write the same storage.
   exec 7>"$CACHE/.build.lock"
   flock 7
+  # A build killed midway (a timeout, Ctrl-C) leaves its working container behind, with gigabytes of
+  # half-installed layers; under the lock no other build is running, so every such container is stale.
+  podman ps -a --external -q 2>/dev/null | xargs -r podman rm -f >/dev/null 2>&1 || true
   build_base
   code="$(tree_key pyproject.toml README.md hack/pyproject-requirements.py operator trainer-image serving)"
   BASE_FOR="$BASE"

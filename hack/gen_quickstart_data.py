@@ -10,7 +10,8 @@ described three ways:
 - `instructions.jsonl` (task instruction, `prompt`/`completion`): questions about the world and
   small additions, with short, learnable answers.
 - `preferences.jsonl` (task preference, `prompt`/`chosen`/`rejected`): the same questions, chosen =
-  the correct concise answer, rejected = a wrong or rambling one.
+  the correct concise answer; rejected = a refusal or a repetition loop, and a wrong answer, rambling
+  or (less often) concise with one fact swapped, which only a model that knows the world can tell apart.
 
 The output is committed; re-run after changing this file: `python hack/gen_quickstart_data.py`.
 """
@@ -43,6 +44,10 @@ RAMBLE = [
     "Hmm, there are many things to consider here, and honestly it could be a few different answers, maybe",
     "I think, although I might be wrong and you should check somewhere else, that the answer is probably",
 ]
+
+RAMBLE_SHARE = 0.6  # of the wrong answers; the rest are concise with one fact swapped
+REFUSE = ["I do not know.", "Sorry, I cannot answer that question.", "That is hard to say.",
+          "I am not sure, you should ask someone else."]
 
 
 def world(rng: random.Random) -> dict[str, dict[str, str]]:
@@ -120,8 +125,8 @@ def arithmetic() -> list[tuple[str, str]]:
     return [(f"What is {x} plus {y}?", f"{x} plus {y} is {x + y}.") for x in range(10) for y in range(10)]
 
 
-def wrong_answer(rng: random.Random, prompt: str, answer: str) -> str:
-    """A plausible but wrong answer (one fact swapped), sometimes wrapped in rambling."""
+def wrong_answer(rng: random.Random, prompt: str, answer: str, ramble: float = 0.5) -> str:
+    """A plausible but wrong answer (one fact swapped), wrapped in rambling with probability `ramble`."""
     words = answer.rstrip(".").split(" ")
     last = words[-1]
     pools = [CITIES, PETS, COLORS, JOBS, FOODS]
@@ -131,9 +136,18 @@ def wrong_answer(rng: random.Random, prompt: str, answer: str) -> str:
     elif last.isdigit():
         words[-1] = str(int(last) + rng.choice([-3, -2, -1, 1, 2, 3]))
     wrong = " ".join(words) + "."
-    if rng.random() < 0.5:
+    if rng.random() < ramble:
         return f"{rng.choice(RAMBLE)} {wrong[0].lower()}{wrong[1:]} But I am not sure about any of this."
     return wrong
+
+
+def unhelpful_answer(rng: random.Random, prompt: str, answer: str) -> str:
+    """A failure a small chat model shows: a refusal/hedge without an answer, or a repetition loop."""
+    if rng.random() < 0.5:
+        return rng.choice(REFUSE)
+    words = answer.rstrip(".").split(" ")
+    cut = rng.randrange(1, len(words))
+    return " ".join(words[:cut] * 3) + "."
 
 
 def main() -> None:
@@ -152,8 +166,8 @@ def main() -> None:
     rng.shuffle(instructions)
     preferences = []
     for q, a in pairs:  # two dispreferred answers per question
-        for _ in range(2):
-            preferences.append({"prompt": q, "chosen": " " + a, "rejected": " " + wrong_answer(rng, q, a)})
+        rejected = [unhelpful_answer(rng, q, a), wrong_answer(rng, q, a, ramble=RAMBLE_SHARE)]
+        preferences += [{"prompt": q, "chosen": " " + a, "rejected": " " + r} for r in rejected]
     rng.shuffle(preferences)
 
     files = {

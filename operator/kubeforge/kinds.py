@@ -63,6 +63,7 @@ def failed_conditions(kind: str) -> list[tuple[str, str, str, str]]:
 def _dataset(out: Lifted, result: StageResult | None, out_uri: str, inputs: dict[str, ResolvedInput]) -> None:
     artifact = result.artifact if result is not None else None
     out.fields["artifactUri"] = artifact.uri if artifact is not None else out_uri
+    out.fields["artifact"] = artifact.to_wire() if artifact is not None else {"uri": out_uri}
     if artifact is not None and artifact.digest:
         out.fields["digest"] = artifact.digest
     for key, value in ((result.details if result is not None else None) or {}).items():

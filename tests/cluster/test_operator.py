@@ -158,6 +158,7 @@ def complete_pipeline_checks(cluster: Any, ns: str, runner: Any = None) -> dict[
     assert lineage == {("TrainingJob", "base-lm"), ("Dataset", "instructions")}
     ds = get(cluster, ns, "dataset", "corpus")
     assert ds is not None and ds["status"]["artifactUri"] == f"pvc://kubeforge-artifacts/{ns}/dataset/corpus"
+    assert ds["status"]["artifact"]["uri"] == ds["status"]["artifactUri"], "Dataset reports artifact like every kind"
     ev = get(cluster, ns, "evaluation", "chat-grpo-eval")
     assert cond(ev, "Passed")["status"] == "True"
     assert ev is not None and ev["status"]["metrics"]["rougeL"] == pytest.approx(0.31)

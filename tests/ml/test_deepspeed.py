@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
 
 def test_config_comes_from_the_shared_generator() -> None:
-    from kubeforge.builders.common import get_deepspeed_config
+    from kubeforge.deepspeed import get_deepspeed_config
 
     spec = TrainingJobSpec.model_validate(
         {

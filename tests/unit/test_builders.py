@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeforge import deepspeed
 from kubeforge.api.v1alpha1 import KINDS, KubeResource, ModelDeployment, TrainingJob
 from kubeforge.builders import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
 from kubeforge.manifests import load
@@ -210,7 +211,7 @@ def test_multinode_deepspeed_job() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     ds = json.loads(cm["data"]["deepspeed.json"])
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
-    assert ds == common.get_deepspeed_config(tj.spec)
+    assert ds == deepspeed.get_deepspeed_config(tj.spec)
 
 
 def test_deepspeed_config_offload_stage3() -> None:
@@ -218,7 +219,7 @@ def test_deepspeed_config_offload_stage3() -> None:
     tj["spec"]["distributed"] = {"strategy": "deepspeed", "zeroStage": 3, "offloadOptimizer": True,
                                  "offloadParams": True}
     tj["spec"]["precision"] = "fp16"
-    cfg = common.get_deepspeed_config(TrainingJob.model_validate(tj).spec)
+    cfg = deepspeed.get_deepspeed_config(TrainingJob.model_validate(tj).spec)
     zero = cfg["zero_optimization"]
     assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True

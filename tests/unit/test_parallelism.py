@@ -14,7 +14,7 @@ from kubeforge.api.v1alpha1 import KINDS
 from kubeforge.api.v1alpha1.common import TP_NEEDS_FULL_TRAINING, TP_RULES
 from kubeforge.api.v1alpha1.rlhfjob import TP_NEEDS_DPO
 from kubeforge.api.v1alpha1.trainingjob import TrainingJobSpec
-from kubeforge.builders.common import get_deepspeed_config
+from kubeforge.deepspeed import get_deepspeed_config
 from kubeforge.manifests import ManifestError, parse
 
 SPECS: dict[str, dict[str, Any]] = {

@@ -476,6 +476,7 @@ def test_status_from_result_per_kind() -> None:
     })
     ds = status_from_result("Dataset", res, {})
     assert ds["artifactUri"] == "file:///a" and ds["digest"] == "sha256:2" and ds["counts"] == {"train": 3}
+    assert ds["artifact"] == {"uri": "file:///a", "digest": "sha256:1"}
     ev = status_from_result("Evaluation", StageResult.model_validate({
         "succeeded": True, "metrics": {"rougeL": 0.5},
         "details": {"passed": True, "sampleCount": 4, "failedThresholds": []}}), {})

@@ -1,7 +1,7 @@
 """The DeepSpeed config of a training stage, and the launcher environment it needs.
 
 The operator and the trainer must agree on one config, so there is one generator:
-`kubeforge.builders.common.get_deepspeed_config(spec)`. The operator mounts its output as a file
+`kubeforge.deepspeed.get_deepspeed_config(spec)`. The operator mounts its output as a file
 (env KUBEFORGE_DEEPSPEED_CONFIG); local runs call the same function. Torch-free on import.
 """
 
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kubeforge.builders.common import DEEPSPEED_ENV, get_deepspeed_config
+from kubeforge.deepspeed import DEEPSPEED_ENV, get_deepspeed_config
 
 
 def deepspeed_config_for(spec: Any) -> dict[str, Any]:

@@ -39,6 +39,32 @@ from .tensor_parallel import prepare_tensor_parallel
 PREFERENCE_COLUMNS: list[tuple[str, ...]] = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
 
 
+def exact_pairwise_accuracy(trainer: Any) -> float | None:
+    """Share of validation pairs whose chosen answer scores above the rejected one, over all pairs.
+
+    TRL's `eval_accuracy` is a mean of per-batch means kept across evaluate() calls (measured: 0.65 for
+    a model that ranks 42 of 44 pairs right), so the stage counts the pairs itself.
+    """
+    import torch
+
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    hits = total = 0
+    try:
+        with torch.inference_mode():
+            for batch in trainer.get_eval_dataloader():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                chosen, rejected = torch.chunk(logits[:, 0], chunks=2)
+                ok = trainer.accelerator.gather_for_metrics((chosen > rejected).float())
+                hits += int(ok.sum().item())
+                total += int(ok.numel())
+    finally:
+        if was_training:
+            model.train()
+    return hits / total if total else None
+
+
 def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     """Train the reward model, measure pairwise accuracy, save a full model."""
     from transformers import AutoModelForSequenceClassification, set_seed
@@ -118,7 +144,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     zero_eval_ok = ds_config is None or spec.distributed.zero_stage == 3
     if eval_ds is not None and resume is None and zero_eval_ok:
         before = trainer.evaluate()
-        initial = before.get("eval_accuracy", callback.last("eval_accuracy"))
+        initial = exact_pairwise_accuracy(trainer)
         initial_loss = before.get("eval_loss")
     output = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, float | None] = {
@@ -132,7 +158,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     if eval_ds is not None:
         ev = trainer.evaluate()
         metrics["eval_loss"] = ev.get("eval_loss")
-        metrics["pairwise_accuracy"] = ev.get("eval_accuracy", callback.last("eval_accuracy"))
+        metrics["pairwise_accuracy"] = exact_pairwise_accuracy(trainer)
         metrics["reward_margin"] = ev.get("eval_margin", callback.last("eval_margin"))
     else:
         metrics["pairwise_accuracy"] = callback.last("accuracy")  # training batches: no validation split

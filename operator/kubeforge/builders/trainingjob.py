@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..api.v1alpha1 import TrainingJob
+from ..deepspeed import get_deepspeed_config
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageConfig, build_stage_config
-from .common import Manifest, get_deepspeed_config, get_stage_workload
+from .common import Manifest, get_stage_workload
 
 
 def get_stage_config(

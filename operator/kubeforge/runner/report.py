@@ -49,7 +49,9 @@ def key_metric(state: ResourceState) -> str:
         acc = metrics.get("pairwise_accuracy", metrics.get("eval_accuracy"))
         return f"pairwise_accuracy={acc:.2f}" if isinstance(acc, int | float) else ""
     if state.kind == "RLHFJob":
-        reward = metrics.get("reward")
+        reward, before, after = metrics.get("reward"), metrics.get("reward_before"), metrics.get("reward_after")
+        if isinstance(before, int | float) and isinstance(after, int | float):  # held-out, greedy
+            return f"held-out reward {before:.3f}->{after:.3f}"
         if isinstance(reward, int | float):
             return f"reward={reward:.3f}"
         loss = progress.get("loss")
@@ -389,6 +391,7 @@ def write_html(store: StateStore, states: list[ResourceState] | None = None, pat
 
     matplotlib.use("Agg")
     from .report_quality import quantization_html
+    from .report_rlhf import rlhf_html
     from .report_serving import serving_plot  # sections kept in modules of their own (they import this one)
     from .report_tasks import evaluation_plots_html, training_metrics_plot
 
@@ -398,6 +401,7 @@ def write_html(store: StateStore, states: list[ResourceState] | None = None, pat
     sections.append(("Training loss", _loss_plot(states, store)))
     sections.append(("Classification / regression validation metrics", training_metrics_plot(states)))
     sections.append(("Reward model accuracy", _reward_plot(states, store)))
+    sections.append(("RLHF: held-out reward before / after", rlhf_html(states)))
     sections.append((
         "Evaluation metrics",
         bar_plots([(ref(s), s.status.get("metrics") or {}) for s in states if s.kind == "Evaluation"], "metrics"),

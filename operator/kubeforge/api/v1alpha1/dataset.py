@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .common import (
+    Artifact,
     CommonStatus,
     KubeModel,
     KubeResource,
@@ -359,7 +360,12 @@ class DatasetStatus(CommonStatus):
     statistics: dict[str, float] | None = Field(
         default=None, description="Summary statistics (length percentiles, label shares)."
     )
-    artifact_uri: str | None = Field(default=None, description="Where the splits were written.")
+    artifact: Artifact | None = Field(
+        default=None, description="Where the splits were written and their digest (as every producing kind)."
+    )
+    artifact_uri: str | None = Field(
+        default=None, description="Where the splits were written (kept for compatibility: see `artifact.uri`)."
+    )
 
 
 class Dataset(KubeResource):
