@@ -53,8 +53,11 @@ class OperatorSettings(BaseModel):
     namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch (empty: all).")
     poll_interval: float = Field(default=2.0, gt=0, description="Seconds between checks of running work.")
     workers: int = Field(
-        default=16, ge=1, le=1024,
-        description="Consumers of the work queue: passes that may run at once (each is mostly API waits).",
+        default=32, ge=1, le=1024,
+        description=(
+            "Consumers of the work queue: passes that may run at once (each is mostly API waits; the API "
+            "client runs 32 requests at once)."
+        ),
     )
     workload_pod_defaults: WorkloadPodDefaults = Field(
         default_factory=WorkloadPodDefaults, description="Pod settings applied to every workload pod."
