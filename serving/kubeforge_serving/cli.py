@@ -127,7 +127,7 @@ def smoke(
             if meta.get("task") == "sequence-classification":
                 return {"model": model, "score": c.scores([text])[0]}
             logits = c.text_logits([text])
-            gen = c.generate(text, max_new_tokens=max_new_tokens)
+            gen = c.generate(text, max_new_tokens=max_new_tokens, min_new_tokens=1)
             return {"model": model, "logitsShape": list(logits.shape), "generated": gen}
         finally:
             c.close()

@@ -193,8 +193,13 @@ class TritonLMClient:
         top_k: int = 0,
         seed: int | None = None,
         use_kv: bool = True,
+        min_new_tokens: int = 0,
     ) -> list[int]:
-        """Greedy (temperature 0) or sampled continuation; stops at eos."""
+        """Greedy (temperature 0) or sampled continuation; stops at eos.
+
+        `min_new_tokens` masks eos for the first tokens (transformers' generate() semantics), so a smoke
+        request shows what the model says even when its first choice would be to stop.
+        """
         rng = np.random.default_rng(seed)
         kv = self._kv_spec() if use_kv else None
         ids = list(prompt_ids)
@@ -220,7 +225,10 @@ class TritonLMClient:
                 past = {n: out[n.replace("past_key_values.", "present.")] for n in names}
             else:
                 last = self.logits([ids])[0, -1]
-            tok = _pick(last.astype(np.float64), temperature, top_k, rng)
+            scores = last.astype(np.float64)
+            if self.eos_token_id is not None and len(new) < min_new_tokens:
+                scores[self.eos_token_id] = -np.inf
+            tok = _pick(scores, temperature, top_k, rng)
             ids.append(tok)
             new.append(tok)
             if self.eos_token_id is not None and tok == self.eos_token_id:
@@ -228,12 +236,19 @@ class TritonLMClient:
         return new
 
     def generate(
-        self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0, seed: int | None = None
+        self,
+        prompt: str,
+        max_new_tokens: int = 16,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> str:
         """Generated text for a prompt (needs the tokenizer)."""
         if self.tokenizer is None:
             raise ServingError("no tokenizer: pass tokenizer= or use from_repository()", reason="TokenizerMissing")
-        out = self.generate_ids(self.tokenizer(prompt)["input_ids"], max_new_tokens, temperature, top_k, seed)
+        ids = self.tokenizer(prompt)["input_ids"]
+        out = self.generate_ids(ids, max_new_tokens, temperature, top_k, seed, min_new_tokens=min_new_tokens)
         return str(self.tokenizer.decode(out, skip_special_tokens=True))
 
     def close(self) -> None:

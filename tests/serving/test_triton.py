@@ -129,6 +129,28 @@ def test_generation_with_kv_cache_matches_pytorch(served: dict[str, Any], tiny_d
     c.close()
 
 
+def test_min_new_tokens_masks_eos_like_transformers(served: dict[str, Any], tiny_dir: Path) -> None:
+    """A policy whose first choice is eos still shows words in the smoke (transformers' min_new_tokens)."""
+    import torch
+
+    c = _client(served, "tiny_fp32", "grpc")
+    prompt = c.tokenizer("the quick fox")["input_ids"]
+    first = c.generate_ids(prompt, max_new_tokens=1)[0]
+    c.eos_token_id = first  # make the greedy first token the stop token
+    assert c.generate_ids(prompt, max_new_tokens=6) == [first]
+    got = c.generate_ids(prompt, max_new_tokens=6, min_new_tokens=3)
+    model, _ = load_model(tiny_dir)
+    with torch.no_grad():
+        hf = model.generate(
+            torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=3, do_sample=False, eos_token_id=first, pad_token_id=0
+        )
+    expected = hf[0, len(prompt) :].tolist()
+    while expected and expected[-1] == 0 and first != 0:  # pad after an early stop
+        expected.pop()
+    assert got == expected and len(got) >= 3 and first not in got[:3]
+    c.close()
+
+
 def _metrics_text(served: dict[str, Any]) -> str:
     with urllib.request.urlopen(served["server"].metrics_url, timeout=5) as r:
         return str(r.read().decode())

@@ -19,6 +19,8 @@ from .state import ResourceState
 SMOKE_PROMPT_ANNOTATION = "kubeforge.io/smoke-prompt"
 DEFAULT_PROMPT = "Hello"
 SMOKE_TOKENS = 12
+# A tiny policy may put eos first after RLHF; the smoke shows the first words it would say anyway.
+SMOKE_MIN_TOKENS = 4
 
 
 class LocalServer:
@@ -78,7 +80,7 @@ def start_and_smoke(node: Node, state: ResourceState, log_path: Path) -> tuple[L
             score = client.scores([prompt])[0]
             answer = f"score {score:.4f}"
         elif client.tokenizer is not None:
-            answer = client.generate(prompt, max_new_tokens=SMOKE_TOKENS)
+            answer = client.generate(prompt, max_new_tokens=SMOKE_TOKENS, min_new_tokens=SMOKE_MIN_TOKENS)
         else:
             logits = client.logits([[1, 2, 3]])
             answer = f"logits shape {list(logits.shape)}"
