@@ -142,7 +142,12 @@ def test_min_new_tokens_masks_eos_like_transformers(served: dict[str, Any], tiny
     model, _ = load_model(tiny_dir)
     with torch.no_grad():
         hf = model.generate(
-            torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=3, do_sample=False, eos_token_id=first, pad_token_id=0
+            torch.tensor([prompt]),
+            max_new_tokens=6,
+            min_new_tokens=3,
+            do_sample=False,
+            eos_token_id=first,
+            pad_token_id=0,
         )
     expected = hf[0, len(prompt) :].tolist()
     while expected and expected[-1] == 0 and first != 0:  # pad after an early stop

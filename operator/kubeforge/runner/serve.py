@@ -32,8 +32,11 @@ class LocalServer:
 
     def endpoints(self) -> dict[str, str]:
         """Endpoints in the ModelDeployment status shape."""
-        return {"http": f"http://{self.server.http_url}", "grpc": self.server.grpc_url,
-                "metrics": self.server.metrics_url}
+        return {
+            "http": f"http://{self.server.http_url}",
+            "grpc": self.server.grpc_url,
+            "metrics": self.server.metrics_url,
+        }
 
     def stop(self) -> None:
         """Close the client and stop the server (SIGTERM, drains in-flight requests)."""
@@ -53,8 +56,10 @@ def repository_for(node: Node, state: ResourceState) -> Path:
     if backend != "python":
         py = repo.parent / "repository-python"
         if not py.is_dir():
-            raise RuntimeError(f"{repo}: backend {backend} cannot run on the local CPU Triton and no "
-                               f"repository-python/ was written; set spec.backend: python")
+            raise RuntimeError(
+                f"{repo}: backend {backend} cannot run on the local CPU Triton and no "
+                f"repository-python/ was written; set spec.backend: python"
+            )
         repo = py
     return repo
 
