@@ -215,13 +215,23 @@ def external_inputs(resource: KubeResource) -> dict[str, ResolvedInput]:
     return out
 
 
-def output_uri(resource: KubeResource, store_root: str) -> str:
-    """spec.output.uri, else `<store_root>/<namespace>/<kind>/<name>`."""
+def run_name(generation: int, revision: int = 0) -> str:
+    """One run of an object: `g<generation>`, or `g<generation>-r<n>` for its n-th re-run after an input moved.
+
+    The cluster names a run's Job and its output folder after it, so every run has its own artifact and the
+    digests dependents recorded stay true (the object's status names the folder of its latest run).
+    """
+    return f"g{generation}" + (f"-r{revision}" if revision else "")
+
+
+def output_uri(resource: KubeResource, store_root: str, run: str | None = None) -> str:
+    """spec.output.uri, else `<store_root>/<namespace>/<kind>/<name>`; with `run`, that run's folder below it."""
     spec: Any = resource.spec  # type: ignore[attr-defined]
     explicit = spec.output.uri
-    if explicit:
-        return str(explicit)
-    return f"{store_root.rstrip('/')}/{resource.namespace}/{resource.kind.lower()}/{resource.name}"
+    base = str(explicit) if explicit else (
+        f"{store_root.rstrip('/')}/{resource.namespace}/{resource.kind.lower()}/{resource.name}"
+    )
+    return f"{base.rstrip('/')}/{run}" if run else base
 
 
 def build_stage_config(
@@ -229,9 +239,10 @@ def build_stage_config(
     inputs: dict[str, ResolvedInput],
     store_root: str,
     metrics_port: int | None = METRICS_PORT,
+    run: str | None = None,
 ) -> StageConfig:
-    """The one renderer of stage configs, shared by the operator and the local runner."""
-    out = output_uri(resource, store_root)
+    """The one renderer of stage configs, shared by the operator (one folder per `run`) and the local runner."""
+    out = output_uri(resource, store_root, run)
     meta = {k: v for k, v in resource.metadata.items() if k in ("name", "namespace", "generation", "uid", "labels")}
     body = {"apiVersion": resource.api_version, "kind": resource.kind, "metadata": meta}
     body["spec"] = resource.spec.to_wire()  # type: ignore[attr-defined]

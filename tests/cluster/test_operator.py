@@ -153,11 +153,11 @@ def complete_pipeline_checks(cluster: Any, ns: str, runner: Any = None) -> dict[
         assert cond(obj, "JobCreated")["status"] == "True"
     sft = get(cluster, ns, "trainingjob", "chat-sft")
     assert sft is not None
-    assert sft["status"]["artifact"]["uri"] == f"pvc://kubeforge-artifacts/{ns}/trainingjob/chat-sft"
+    assert sft["status"]["artifact"]["uri"] == f"pvc://kubeforge-artifacts/{ns}/trainingjob/chat-sft/g1"
     lineage = {(e["kind"], e["name"]) for e in sft["status"]["lineage"]}
     assert lineage == {("TrainingJob", "base-lm"), ("Dataset", "instructions")}
     ds = get(cluster, ns, "dataset", "corpus")
-    assert ds is not None and ds["status"]["artifactUri"] == f"pvc://kubeforge-artifacts/{ns}/dataset/corpus"
+    assert ds is not None and ds["status"]["artifactUri"] == f"pvc://kubeforge-artifacts/{ns}/dataset/corpus/g1"
     assert ds["status"]["artifact"]["uri"] == ds["status"]["artifactUri"], "Dataset reports artifact like every kind"
     ev = get(cluster, ns, "evaluation", "chat-grpo-eval")
     assert cond(ev, "Passed")["status"] == "True"

@@ -112,8 +112,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, triton_installed: None) -
     workdir = base / "wd"
     arts = workdir / "artifacts" / "default"
     t0 = time.monotonic()
-    code1 = run_until(manifests, workdir, arts / "trainingjob/base-lm/checkpoints", signal.SIGINT)
-    code2 = run_until(manifests, workdir, arts / "trainingjob/chat-sft/checkpoints", signal.SIGKILL)
+    code1 = run_until(manifests, workdir, arts / "trainingjob/base-lm/g1/checkpoints", signal.SIGINT)
+    code2 = run_until(manifests, workdir, arts / "trainingjob/chat-sft/g1/checkpoints", signal.SIGKILL)
     final = kubeforge("run", "-f", str(manifests), "--workdir", str(workdir))
     yield {"manifests": manifests, "workdir": workdir, "codes": (code1, code2), "final": final,
            "seconds": time.monotonic() - t0}

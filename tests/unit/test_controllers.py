@@ -468,3 +468,63 @@ def test_a_child_of_an_earlier_object_with_the_same_name_is_not_adopted(
         asyncio.run(api.passes("TrainingJob", "t"))
     assert deleted == ["Job/t-sft-g1"]
     assert api.cond("TrainingJob", "t", "Succeeded").get("status") != "True", "old result not adopted"
+
+
+def _finish(api: FakeApi, kind: str, name: str, artifact: dict[str, Any] | None = None) -> None:
+    """Mark an object Succeeded for its generation, as a finished stage leaves it."""
+    body = api.objects[(kind, NS, name)]
+    gen = body["metadata"]["generation"]
+    others = [c for c in body["status"].get("conditions") or [] if c["type"] != "Succeeded"]
+    body["status"].update(conditions=others + succeeded(gen), observedGeneration=gen)
+    if artifact is not None:
+        body["status"]["artifact"] = artifact
+    common.remember(copy.deepcopy(body))
+
+
+def _config(job_child: dict[str, Any]) -> dict[str, Any]:
+    return dict(yaml.safe_load(job_child["data"]["config.yaml"]))
+
+
+def test_a_moved_input_reruns_a_finished_object_into_its_own_folder(api: FakeApi) -> None:
+    """Lineage stays true: the re-run is a new Job writing a new folder; `rerunOnInputChange: false` keeps."""
+    api.put("Dataset", "ds", DS_SPEC)
+    _finish(api, "Dataset", "ds", {"uri": "pvc://kubeforge-artifacts/ml/dataset/ds/g1", "digest": "sha256:one"})
+    api.put("TrainingJob", "t", tj_spec(None))
+    api.put("TrainingJob", "keep", {**tj_spec(None), "rerunOnInputChange": False})
+    for name in ("t", "keep"):
+        asyncio.run(api.passes("TrainingJob", name))
+        _finish(api, "TrainingJob", name)
+    first = [c for c in api.created if c["kind"] == "ConfigMap"]
+    assert [_config(c)["outputUri"].rsplit("/", 2)[1:] for c in first] == [["t", "g1"], ["keep", "g1"]]
+    api.created.clear()
+    writes = api.status_writes
+    asyncio.run(api.passes("TrainingJob", "t"))
+    assert not api.created and api.status_writes == writes, "nothing moved: a finished object stays put"
+
+    # The Dataset re-ran (generation 2) and now offers another artifact.
+    api.put("Dataset", "ds", DS_SPEC, generation=2)
+    _finish(api, "Dataset", "ds", {"uri": "pvc://kubeforge-artifacts/ml/dataset/ds/g2", "digest": "sha256:two"})
+    asyncio.run(api.passes("TrainingJob", "t"))
+    job = next(c for c in api.created if c["kind"] == "Job")
+    assert job["metadata"]["name"] == "t-sft-g1-r1"
+    assert job["metadata"]["labels"]["kubeforge.io/input-revision"] == "1"
+    cfg = _config(next(c for c in api.created if c["kind"] == "ConfigMap"))
+    assert cfg["outputUri"].endswith("/ml/trainingjob/t/g1-r1") and cfg["inputs"]["dataset"]["digest"] == "sha256:two"
+    status = api.objects[("TrainingJob", NS, "t")]["status"]
+    assert status["inputRevision"] == 1 and status["jobName"] == "t-sft-g1-r1"
+    assert [e["digest"] for e in status["lineage"]] == ["sha256:two"]
+    deps = api.cond("TrainingJob", "t", "DependenciesReady")
+    assert deps["reason"] == "InputsChanged" and "Dataset ds now has sha256:two" in deps["message"]
+    assert api.cond("TrainingJob", "t", "Succeeded")["status"] == "Unknown"
+    assert not common.settled(api.objects[("TrainingJob", NS, "t")])
+    assert stages.current_revision(api.objects[("TrainingJob", NS, "t")]) == 1
+
+    api.created.clear()
+    asyncio.run(api.passes("TrainingJob", "keep"))
+    assert not api.created
+    kept = api.cond("TrainingJob", "keep", "DependenciesReady")
+    assert kept["reason"] == "InputsChanged" and "kept (spec.rerunOnInputChange: false)" in kept["message"]
+    assert api.cond("TrainingJob", "keep", "Succeeded")["status"] == "True"
+    writes = api.status_writes
+    asyncio.run(api.passes("TrainingJob", "keep"))
+    assert api.status_writes == writes, "reported once, not on every pass"

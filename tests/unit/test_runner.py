@@ -315,7 +315,7 @@ def test_run_then_skip_everything(tmp_path: Path, fake_stage: Path) -> None:
     assert md.status["modelDigest"] == states["RLHFJob/rl"].status["artifact"]["digest"]
     cfg = StageConfig.load(store.config_path(tj.key))
     assert cfg.inputs["dataset"].digest == states["Dataset/text"].status["digest"]
-    assert cfg.output_uri == f"file://{workdir.resolve()}/artifacts/default/trainingjob/base"
+    assert cfg.output_uri == f"file://{workdir.resolve()}/artifacts/default/trainingjob/base/g1"  # a folder per run
     assert "step 2" in store.log_path(tj.key).read_text()
     # every status validates against the API's status model (same model as the cluster)
     for s in states.values():
@@ -352,6 +352,37 @@ def test_changed_data_file_reruns_dataset(tmp_path: Path, fake_stage: Path) -> N
     got = {f"{k[0]}/{k[2]}": v for k, v in runner.outcomes.items()}
     assert got["Dataset/prefs"] == "Succeeded" and got["Dataset/text"] == "UpToDate"
     assert got["TrainingJob/base"] == "UpToDate"
+
+
+def test_moved_input_reruns_into_a_new_folder_unless_the_object_keeps_its_result(
+    tmp_path: Path, fake_stage: Path
+) -> None:
+    """A new run writes its own folder (dependents' lineage stays true); rerunOnInputChange: false keeps a result."""
+    docs = pipeline_docs()
+    docs[3]["spec"]["rerunOnInputChange"] = False  # RewardModel/rm keeps what it made
+    manifests = write_manifests(tmp_path / "m", docs)
+    workdir = tmp_path / "wd"
+    assert make_runner(manifests, workdir, fake_stage)[0].run() == 0
+    store = StateStore(workdir)
+    rm_before = store.find("RewardModel/rm").status
+    rl_first = local_path(store.find("RLHFJob/rl").status["artifact"]["uri"])
+    (tmp_path / "m" / "data" / "prefs.jsonl").write_text('{"prompt": "q", "chosen": "y", "rejected": "n"}\n')
+    runner, _ = make_runner(manifests, workdir, fake_stage)
+    assert runner.run() == 0
+    got = {f"{k[0]}/{k[2]}": v for k, v in runner.outcomes.items()}
+    assert got["Dataset/prefs"] == "Succeeded" and got["RLHFJob/rl"] == "Succeeded"
+    assert got["RewardModel/rm"] == "UpToDate"
+    store = StateStore(workdir)
+    rm = store.find("RewardModel/rm")
+    cond = rm.condition("DependenciesReady")
+    assert cond is not None and cond.reason == "InputsChanged" and "rerunOnInputChange: false" in cond.message
+    assert rm.status["lineage"] == rm_before["lineage"] and rm.status["artifact"] == rm_before["artifact"]
+    rl = store.find("RLHFJob/rl")
+    rl_second = local_path(rl.status["artifact"]["uri"])
+    assert (rl.generation, rl_first.name, rl_second.name) == (2, "g1", "g2")
+    assert (rl_first / "result.json").is_file() and (rl_second / "result.json").is_file()  # g1 not overwritten
+    prefs = store.find("Dataset/prefs")
+    assert {e["digest"] for e in rl.status["lineage"] if e["name"] == "prefs"} == {prefs.status["digest"]}
 
 
 def test_force_reruns_one_and_dependents(tmp_path: Path, fake_stage: Path) -> None:
@@ -431,7 +462,7 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path: Path, fake_stage: Pat
     argv = [sys.executable, str(script), str(manifests), str(workdir), str(fake_stage)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     store = StateStore(workdir)
-    ckpt = workdir / "artifacts/default/trainingjob/base/checkpoints"
+    ckpt = workdir / "artifacts/default/trainingjob/base/g1/checkpoints"
     deadline = time.monotonic() + 60
     while not (ckpt.exists() and len(list(ckpt.glob("checkpoint-*"))) >= 5):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.stdout else ""

@@ -22,6 +22,7 @@ from ..stage import (
     DEFAULT_PVC_ROOT,
     PVC_ROOT_ENV,
     StageConfig,
+    run_name,
     stage_command,
 )
 
@@ -32,6 +33,8 @@ MANAGED_BY = "kubeforge-operator"
 LABEL_KIND = "kubeforge.io/kind"
 LABEL_OWNER = "kubeforge.io/owner"
 LABEL_GENERATION = "kubeforge.io/generation"
+# The input revision of a re-run after an input moved (absent on a generation's first run).
+LABEL_REVISION = "kubeforge.io/input-revision"
 LABEL_STAGE = "kubeforge.io/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -55,17 +58,26 @@ def short_hash(text: str, length: int = 5) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def child_name(resource: KubeResource, stage: str, generation: int | None = None) -> str:
-    """Deterministic child name `<name>-<stage>-g<generation>`; shortened with a hash when too long.
+def generation(resource: KubeResource) -> int:
+    """metadata.generation (1 for objects not from an API server)."""
+    return int(resource.metadata.get("generation") or 1)
+
+
+_generation = generation  # child_name's `generation` parameter shadows the function
+
+
+def child_name(resource: KubeResource, stage: str, generation: int | None = None, revision: int = 0) -> str:
+    """Deterministic child name `<name>-<stage>-<run>` (run: `g<generation>[-r<revision>]`), hashed when too long.
 
     Determinism is what makes reconciles idempotent across operator restarts: the same object at the same
-    generation always maps to the same Job, so a second create answers 409 instead of running twice.
+    generation and input revision always maps to the same Job, so a second create answers 409 instead of
+    running twice.
     """
-    gen = generation if generation is not None else int(resource.metadata.get("generation") or 1)
-    name = f"{resource.name}-{stage}-g{gen}"
+    run = run_name(generation if generation is not None else _generation(resource), revision)
+    name = f"{resource.name}-{stage}-{run}"
     if len(name) <= MAX_CHILD_NAME:
         return name
-    suffix = f"-{short_hash(name)}-g{gen}"
+    suffix = f"-{short_hash(name)}-{run}"
     return resource.name[: MAX_CHILD_NAME - len(suffix)].rstrip("-") + suffix
 
 
@@ -426,15 +438,18 @@ def get_stage_workload(
     output: StorageLocation | None,
     distributed: Distributed | None = None,
     deepspeed: dict[str, Any] | None = None,
+    revision: int = 0,
 ) -> list[Manifest]:
     """ConfigMap + (headless Service) + batch/v1 Job running one stage; ordered for creation.
 
     The ConfigMap's `config.yaml` is `StageConfig.dump_yaml()` and the command is `stage_command(config)`,
     the very functions the local runner uses, so a local run and a cluster run execute the same thing.
     """
-    gen = int(resource.metadata.get("generation") or 1)
-    name = child_name(resource, config.stage, gen)
+    gen = _generation(resource)
+    name = child_name(resource, config.stage, gen, revision)
     labels = {**get_labels(resource, config.stage), LABEL_STAGE: config.stage, LABEL_GENERATION: str(gen)}
+    if revision:
+        labels[LABEL_REVISION] = str(revision)
     data = {CONFIG_FILE: config.dump_yaml()}
     distributed_run = is_distributed(distributed)
     if deepspeed is not None:

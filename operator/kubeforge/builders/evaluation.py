@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from ..api.v1alpha1 import Evaluation
 from ..settings import OperatorSettings
-from ..stage import ResolvedInput, StageConfig, build_stage_config
-from .common import Manifest, get_stage_workload
+from ..stage import ResolvedInput, StageConfig, build_stage_config, run_name
+from .common import Manifest, generation, get_stage_workload
 
 
 def get_stage_config(
-    resource: Evaluation, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+    resource: Evaluation, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> StageConfig:
     """The shared stage config for this Evaluation."""
-    return build_stage_config(resource, inputs, settings.store_root)
+    return build_stage_config(resource, inputs, settings.store_root, run=run_name(generation(resource), revision))
 
 
 def get_children(
-    resource: Evaluation, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+    resource: Evaluation, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> list[Manifest]:
     """Everything the stage needs, in creation order."""
     spec = resource.spec
     return get_stage_workload(
         resource,
-        get_stage_config(resource, inputs, settings),
+        get_stage_config(resource, inputs, settings, revision),
         settings,
         image=settings.trainer_image,
         resources=spec.resources,
         backoff_limit=spec.backoff_limit,
         output=spec.output,
+        revision=revision,
     )

@@ -11,12 +11,13 @@ from typing import Any
 
 from ..api.v1alpha1 import ModelDeployment
 from ..settings import OperatorSettings
-from ..stage import ResolvedInput, StageConfig, build_stage_config, local_path
+from ..stage import ResolvedInput, StageConfig, build_stage_config, local_path, run_name
 from .common import (
     Manifest,
     add_pod_overrides,
     dns1035,
     enforce_restricted,
+    generation,
     get_labels,
     get_metadata,
     get_resource_requirements,
@@ -43,7 +44,7 @@ def get_stage_config(
     resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings
 ) -> StageConfig:
     """The shared `convert` stage config (export + quantization + model repository)."""
-    return build_stage_config(resource, inputs, settings.store_root)
+    return build_stage_config(resource, inputs, settings.store_root, run=run_name(generation(resource)))
 
 
 def get_conversion_children(

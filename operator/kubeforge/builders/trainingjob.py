@@ -5,31 +5,32 @@ from __future__ import annotations
 from ..api.v1alpha1 import TrainingJob
 from ..deepspeed import get_deepspeed_config
 from ..settings import OperatorSettings
-from ..stage import ResolvedInput, StageConfig, build_stage_config
-from .common import Manifest, get_stage_workload
+from ..stage import ResolvedInput, StageConfig, build_stage_config, run_name
+from .common import Manifest, generation, get_stage_workload
 
 
 def get_stage_config(
-    resource: TrainingJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+    resource: TrainingJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> StageConfig:
     """The shared stage config for this TrainingJob."""
-    return build_stage_config(resource, inputs, settings.store_root)
+    return build_stage_config(resource, inputs, settings.store_root, run=run_name(generation(resource), revision))
 
 
 def get_children(
-    resource: TrainingJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+    resource: TrainingJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> list[Manifest]:
     """Everything the stage needs, in creation order; DeepSpeed JSON in the ConfigMap when requested."""
     spec = resource.spec
     deepspeed = get_deepspeed_config(spec) if spec.distributed.strategy == "deepspeed" else None
     return get_stage_workload(
         resource,
-        get_stage_config(resource, inputs, settings),
+        get_stage_config(resource, inputs, settings, revision),
         settings,
         image=settings.trainer_image,
         resources=spec.resources,
         backoff_limit=spec.backoff_limit,
         output=spec.output,
+        revision=revision,
         distributed=spec.distributed,
         deepspeed=deepspeed,
     )

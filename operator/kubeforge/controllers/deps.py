@@ -271,6 +271,27 @@ def apply_dependency_conditions(writer: StatusWriter, report: DependencyReport, 
     return True
 
 
+def moved_inputs(lineage: list[dict[str, Any]] | None, inputs: dict[str, ResolvedInput]) -> list[str]:
+    """Inputs whose producer now offers another artifact than the one `lineage` recorded, one line each.
+
+    Compared by digest when both sides have one, else by URI (every run writes its own folder, so a
+    re-run producer's URI moves even when it reports no digest). Plain-URI inputs have no producer to move.
+    """
+    recorded = {(e.get("kind"), e.get("name")): e for e in lineage or [] if isinstance(e, dict)}
+    moved: list[str] = []
+    for key in sorted(inputs):
+        now = inputs[key]
+        old = recorded.get((now.kind, now.name))
+        if now.kind == "External" or old is None:
+            continue
+        if now.digest and old.get("digest"):
+            if now.digest != old["digest"]:
+                moved.append(f"{now.kind} {now.name} now has {now.digest[:19]} (this result used {old['digest'][:19]})")
+        elif now.uri != old.get("uri"):
+            moved.append(f"{now.kind} {now.name} now at {now.uri} (this result used {old.get('uri')})")
+    return moved
+
+
 # ---------------------------------------------------------------- waking dependents
 
 

@@ -23,7 +23,7 @@ from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
 from ..api.v1alpha1.common import now_rfc3339
 from ..builders import modeldeployment as builders
 from ..builders.common import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
-from ..stage import ResolvedInput, output_uri
+from ..stage import ResolvedInput, output_uri, run_name
 from . import common, deps, kube, stages
 
 PLURAL = "modeldeployments"
@@ -141,7 +141,7 @@ async def _conversion(
               f"Job {job_name} failed: {why}")
         return None
     details = dict((result.details if result is not None else None) or {})
-    repo = str(details.get("modelRepository") or output_uri(md, s.store_root))
+    repo = str(details.get("modelRepository") or output_uri(md, s.store_root, run_name(w.generation)))
     w.fields["modelRepository"] = repo
     if result is not None and result.artifact is not None and result.artifact.digest:
         w.fields["modelDigest"] = result.artifact.digest

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from .. import kinds, metrics
 from ..api.v1alpha1 import KubeResource
 from ..api.v1alpha1.common import now_rfc3339
+from ..api.v1alpha1.conditions import DEPENDENCIES_READY, INPUTS_CHANGED
 from ..builders.common import (
     COMPLETION_INDEX_ANNOTATION,
     JOB_NAME_LABEL,
@@ -28,7 +29,7 @@ from ..builders.common import (
 )
 from ..builders.common import STAGE_CONTAINER as STAGE_CONTAINER_NAME
 from ..settings import OperatorSettings
-from ..stage import ResolvedInput, StageResult, output_uri, stage_name
+from ..stage import ResolvedInput, StageResult, output_uri, run_name, stage_name
 from . import kube, progress
 from .common import (
     JOB_CREATED,
@@ -47,7 +48,7 @@ from .common import (
     settled,
     validate,
 )
-from .deps import apply_dependency_conditions, resolve_dependencies
+from .deps import DependencyReport, apply_dependency_conditions, moved_inputs, resolve_dependencies
 
 MAX_REJECTION_MESSAGE = 1024
 
@@ -194,7 +195,7 @@ async def create_children(children: list[dict[str, Any]]) -> bool:
     return created_job
 
 
-Builder = Callable[[Any, dict[str, ResolvedInput], OperatorSettings], list[dict[str, Any]]]
+Builder = Callable[[Any, dict[str, ResolvedInput], OperatorSettings, int], list[dict[str, Any]]]
 Lifter = Callable[[StatusWriter, KubeResource, StageResult | None, str, dict[str, ResolvedInput]], None]
 
 
@@ -212,36 +213,91 @@ def lift_workload(
         w.set(ctype, status, reason, message)
 
 
+def current_revision(body: dict[str, Any]) -> int:
+    """The input revision of this generation's latest run (0 until an input moved after it finished)."""
+    status = body.get("status") or {}
+    gen = int(body.get("metadata", {}).get("generation") or 1)
+    if status.get("observedGeneration") != gen:
+        return 0
+    return int(status.get("inputRevision") or 0)
+
+
+def may_rerun(body: dict[str, Any]) -> bool:
+    """A finished object that recorded produced inputs: one of them may have moved since (cheap pre-check)."""
+    lineage = (body.get("status") or {}).get("lineage") or []
+    return any(isinstance(e, dict) and e.get("kind") not in (None, "External") for e in lineage)
+
+
+async def rerun_for_moved_inputs(
+    w: StatusWriter, resource: KubeResource, store_root: str
+) -> tuple[str, DependencyReport] | None:
+    """(why, dependencies) when a finished object must run again because an input moved; else None.
+
+    With `spec.rerunOnInputChange: false` a moved input is only reported (DependenciesReady, InputsChanged).
+    """
+    report = await resolve_dependencies(resource, store_root)
+    if not report.inputs_ready or report.failed or report.cycle or report.incompatible or report.not_granted:
+        return None  # a producer is re-running (or broken): keep the result until it has a new one
+    moved = moved_inputs((w.body.get("status") or {}).get("lineage"), report.inputs)
+    if not moved:
+        return None
+    spec: Any = resource.spec  # type: ignore[attr-defined]
+    why = "; ".join(moved)
+    if not spec.rerun_on_input_change:
+        w.set(DEPENDENCIES_READY, "True", INPUTS_CHANGED, f"{why}; kept (spec.rerunOnInputChange: false)")
+        return None
+    return why, report
+
+
 async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, lift: Lifter) -> None:
     """One level-triggered pass for a bounded kind (run by a work-queue consumer through `run_pass`)."""
     body = plain(body_in)
     kind = str(body["kind"])
     async with measured(kind) as box:
-        if settled(body):
+        finished = settled(body)
+        if finished and not may_rerun(body):
             box["outcome"] = "settled"
             return
         w = StatusWriter.for_body(body)
         resource, error = validate(body)
         if resource is None:
+            if finished:
+                return
             w.set(SUCCEEDED, "False", "InvalidSpec", error)
             box["outcome"] = "invalid"
             w.flush(patch)
             return
         s = settings()
-        report = await resolve_dependencies(resource, s.store_root)
+        revision = current_revision(body)
+        rerun_why = ""
+        if finished:
+            rerun = await rerun_for_moved_inputs(w, resource, s.store_root)
+            if rerun is None:
+                box["outcome"] = "settled"
+                if w.transitions:
+                    w.flush(patch)
+                return
+            rerun_why, report = rerun
+            revision += 1
+        else:
+            report = await resolve_dependencies(resource, s.store_root)
         if not apply_dependency_conditions(w, report, kind, SUCCEEDED):
             box["outcome"] = "waiting"
             w.flush(patch)
             return
+        if rerun_why:  # replaces the DependenciesSucceeded just set: one condition, one Event
+            w.transitions = [t for t in w.transitions if t[0] != DEPENDENCIES_READY]
+            w.set(DEPENDENCIES_READY, "True", INPUTS_CHANGED, f"{rerun_why}; running again as "
+                  f"{run_name(w.generation, revision)}")
         ns = resource.namespace
-        job_name = child_name(resource, stage_name(resource))
+        job_name = child_name(resource, stage_name(resource), revision=revision)
         job = cached("Job", ns, job_name)
         if job is None and (w.condition(JOB_CREATED) or {}).get("observedGeneration") == w.generation:
             job = await get_job(ns, job_name)
         if job is None:
             # Usually new: create straight away (saves a GET); 409 means it exists after all (restart).
             try:
-                children = builder(resource, report.inputs, s)
+                children = builder(resource, report.inputs, s, revision)
             except ValueError as exc:
                 w.set(SUCCEEDED, "False", "InvalidSpec", str(exc))
                 box["outcome"] = "invalid"
@@ -262,7 +318,7 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
         if job is None:
             w.fields.update(
                 jobName=job_name, startTime=now_rfc3339(), completionTime=None,
-                lineage=list(iter_lineage(report.inputs)),
+                lineage=list(iter_lineage(report.inputs)), inputRevision=revision,
             )
             w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
             w.set(SUCCEEDED, "Unknown", "Running", f"Job {job_name} is running")
@@ -271,6 +327,8 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
             return
         await drop_if_stale({"apiVersion": "batch/v1", "kind": "Job", **job}, str(body["metadata"].get("uid")))
         w.fields["jobName"] = job_name
+        if rerun_why:  # the re-run's Job existed already (a pass that created it did not get to write status)
+            w.fields.update(inputRevision=revision, lineage=list(iter_lineage(report.inputs)))
         if (w.condition(JOB_CREATED) or {}).get("observedGeneration") != w.generation:
             w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
         state, job_reason, job_message = job_state(job)
@@ -285,7 +343,8 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
         seconds = workload_seconds(job)
         w.fields["completionTime"] = (job.get("status") or {}).get("completionTime") or now_rfc3339()
         if state == "Complete" and (result is None or result.succeeded):
-            lift(w, resource, result, output_uri(resource, s.store_root), report.inputs)
+            out = output_uri(resource, s.store_root, run_name(w.generation, revision))
+            lift(w, resource, result, out, report.inputs)
             reason = result.reason if result is not None else "Completed"
             message = (result.message if result is not None and result.message else f"Job {job_name} completed")
             w.set(SUCCEEDED, "True", reason or "Completed", message)

@@ -29,7 +29,16 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.text import Text
 
 from .. import heldout, kinds
-from ..stage import ResolvedInput, StageConfig, StageResult, build_stage_config, local_path, stage_command
+from ..api.v1alpha1.conditions import INPUTS_CHANGED
+from ..stage import (
+    ResolvedInput,
+    StageConfig,
+    StageResult,
+    build_stage_config,
+    local_path,
+    run_name,
+    stage_command,
+)
 from .graph import Key, Node, Pipeline, local_source_files, ref_of
 from .state import ResourceState, StateStore, pid_alive
 
@@ -229,9 +238,9 @@ class Runner:
         spec: Any = node.resource.spec  # type: ignore[attr-defined]
         return {"metadata": {"generation": state.generation}, "spec": spec.to_wire(), "status": state.status}
 
-    def render(self, node: Node, inputs: dict[str, ResolvedInput]) -> StageConfig:
-        """The StageConfig of a node (the same renderer the operator uses)."""
-        return build_stage_config(node.resource, inputs, store_root=self.store.store_root)
+    def render(self, node: Node, inputs: dict[str, ResolvedInput], run: str | None = None) -> StageConfig:
+        """The StageConfig of a node (the same renderer the operator uses); `run` names its output folder."""
+        return build_stage_config(node.resource, inputs, store_root=self.store.store_root, run=run)
 
     def _gate(self, node: Node) -> str | None:
         """Why a ModelDeployment may not be promoted, or None when every gate Evaluation passed."""
@@ -280,8 +289,10 @@ class Runner:
             return None
         self.inputs[node.key] = resolved
         state.set_condition("DependenciesReady", "True", "Ready", "all references resolved")
-        config = self.render(node, resolved)
-        digest = run_digest(config, node)
+        # Skip keys are taken without the run folder (it is named after the generation they decide).
+        digest = run_digest(self.render(node, resolved), node)
+        spec_digest = run_digest(self.render(node, {}), node)
+        config = self.render(node, resolved, run_name(state.generation))
         if node.resource.kind == "ModelDeployment":
             blocked = self._gate(node)
             if blocked:
@@ -297,19 +308,36 @@ class Runner:
             and config.result_path is not None
             and local_path(config.result_path).exists()
         )
+        keep = (  # only inputs moved, and the object asks to keep its result (spec.rerunOnInputChange: false)
+            not up_to_date
+            and node.key not in self.forced
+            and not getattr(node.resource.spec, "rerun_on_input_change", True)  # type: ignore[attr-defined]
+            and state.spec_digest == spec_digest
+            and state.is_true("Succeeded")
+            and config.result_path is not None
+            and local_path(config.result_path).exists()
+        )
+        if keep:
+            msg = "inputs moved since this result was made; kept (spec.rerunOnInputChange: false)"
+            state.set_condition("DependenciesReady", "True", INPUTS_CHANGED, msg)
+            state.event(INPUTS_CHANGED, msg)
+            self._finish(node, state, Outcome.SKIPPED)
+            return None
         if up_to_date:
             state.event("UpToDate", f"spec and inputs unchanged ({digest[:19]}); skipped")
             if node.resource.kind == "ModelDeployment" and not state.is_true("Ready"):
                 state.set_condition("Ready", "True", "Converted", "model repository is up to date")
             self._finish(node, state, Outcome.SKIPPED)
             return None
-        out_dir = local_path(config.output_uri)
         if state.run_digest != digest or node.key in self.forced:
-            if out_dir.exists():
-                shutil.rmtree(out_dir)  # another spec's checkpoints must not be resumed
             if state.run_digest is not None:
-                state.generation += 1
+                state.generation += 1  # a new run folder: dependents keep the artifact their lineage names
+                config = self.render(node, resolved, run_name(state.generation))
+            out_dir = local_path(config.output_uri)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)  # left by another run of this workdir: never resume its checkpoints
             state.run_digest = digest
+            state.spec_digest = spec_digest
         return config
 
     def _set_main(self, state: ResourceState, status: str, reason: str, message: str) -> None:

@@ -47,6 +47,9 @@ class ResourceState(KubeModel):
     main_metric: str | None = Field(default=None, description="Metric `kubeforge get` shows (Evaluations).")
     generation: int = Field(default=1, description="Bumped whenever the run digest changes.")
     run_digest: str | None = Field(default=None, description="Digest the last run was for (skip key).")
+    spec_digest: str | None = Field(
+        default=None, description="The same without the inputs: tells a moved input from a changed spec."
+    )
     created: str = Field(default_factory=now_rfc3339)
     pid: int | None = Field(default=None, description="Stage process while running.")
     status: dict[str, Any] = Field(default_factory=dict, description="Status, camelCase, as on the cluster.")

@@ -224,7 +224,10 @@ class StorageLocation(KubeModel):
         pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[^/]+(/.*)?|file:///.*)$",
         description=(
             "Artifact location: `pvc://claim/sub/path`, `s3://bucket/prefix` or `file:///path`. "
-            "Defaults to the operator's artifact store under `<namespace>/<kind>/<name>/`."
+            "Defaults to the operator's artifact store under `<namespace>/<kind>/<name>/`. On a cluster every "
+            "run writes below it in its own folder, `g<generation>` (`g<generation>-r<n>` for the n-th re-run "
+            "after an input changed), so a new run never overwrites what dependents recorded in their "
+            "lineage; `status.artifact.uri` names the folder. `kubeforge run` keeps one folder per object."
         ),
     )
     s3_secret: SecretKeyRef | None = Field(default=None, description="Credentials for `s3://` locations.")
@@ -1098,6 +1101,18 @@ class Condition(KubeModel):
     message: str = Field(default="", description="Human-readable detail.")
     observed_generation: int | None = Field(default=None, description="Generation the condition was set for.")
     last_transition_time: str | None = Field(default=None, description="RFC 3339 time of the last status change.")
+
+
+def rerun_on_input_change_field() -> Any:
+    """`spec.rerunOnInputChange`, the same on every kind that consumes another object's artifact."""
+    return Field(
+        default=True,
+        description=(
+            "Run again when an input this object already succeeded with is replaced by a new artifact (its "
+            "producer re-ran: new spec, or its own inputs moved). `DependenciesReady` says which input moved "
+            "(reason InputsChanged). false: keep the result; status.lineage still names the inputs it used."
+        ),
+    )
 
 
 def now_rfc3339() -> str:

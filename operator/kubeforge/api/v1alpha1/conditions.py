@@ -42,6 +42,9 @@ INCOMPATIBLE_DATASET = "IncompatibleDataset"
 REFERENCE_NOT_GRANTED = "ReferenceNotGranted"
 """A reference into another namespace that has not granted it (annotation
 `kubeforge.io/allow-references-from` on that Namespace); clears once a cluster admin grants it."""
+INPUTS_CHANGED = "InputsChanged"
+"""DependenciesReady=True on an object that finished: an input's producer now offers another artifact than the
+one this result was made from; it re-runs (`spec.rerunOnInputChange`, default) or keeps its result."""
 CHILD_REJECTED = "ChildRejected"
 """The API server refused a child (400/403/422); its message says why. Retrying cannot help."""
 THRESHOLDS_MET = "ThresholdsMet"

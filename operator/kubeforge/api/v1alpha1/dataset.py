@@ -16,6 +16,7 @@ from .common import (
     StorageLocation,
     bounded_printer_columns,
     cel,
+    rerun_on_input_change_field,
 )
 
 
@@ -306,6 +307,7 @@ class DatasetSpec(KubeModel):
     split: Split = Field(default_factory=Split, description="Train/validation/test split.")
     max_records: int | None = Field(default=None, ge=1, description="Read at most this many records.")
     output: StorageLocation = Field(default_factory=StorageLocation, description="Where the splits are written.")
+    rerun_on_input_change: bool = rerun_on_input_change_field()
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -19,6 +19,7 @@ from .common import (
     TokenizerSource,
     bounded_printer_columns,
     cel,
+    rerun_on_input_change_field,
 )
 from .dataset import DatasetTask
 
@@ -438,6 +439,7 @@ class EvaluationSpec(KubeModel):
     max_samples: int | None = Field(default=None, ge=1, description="Evaluate at most this many records.")
     resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
     output: StorageLocation = Field(default_factory=StorageLocation, description="Where the report is written.")
+    rerun_on_input_change: bool = rerun_on_input_change_field()
     backoff_limit: int = Field(default=1, ge=0, le=20, description="Pod retries before the Job fails.")
 
     model_config = ConfigDict(

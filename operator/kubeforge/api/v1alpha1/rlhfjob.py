@@ -30,6 +30,7 @@ from .common import (
     cel,
     check_qlora_gpu,
     check_tp_full_training,
+    rerun_on_input_change_field,
 )
 
 
@@ -140,6 +141,7 @@ class RLHFJobSpec(KubeModel):
     resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
     checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoints and resume.")
     output: StorageLocation = Field(default_factory=StorageLocation, description="Where the policy is written.")
+    rerun_on_input_change: bool = rerun_on_input_change_field()
     backoff_limit: int = Field(default=2, ge=0, le=20, description="Pod retries before the Job fails.")
 
     model_config = ConfigDict(
