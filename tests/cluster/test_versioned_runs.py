@@ -1,8 +1,9 @@
 """Every run writes its own folder, so lineage stays true after a spec change (real control plane, KWOK pods).
 
 A Dataset re-runs (new generation): a TrainingJob that used it runs again as `<job>-r1` into a new folder,
-one with `rerunOnInputChange: false` keeps its result and says so; a canary reads its own repository while
-the stable track keeps serving the previous one.
+one with `rerunOnInputChange: false` keeps its result and says so, and the ModelDeployment serving the
+first converts and serves the new run; a canary reads its own repository while the stable track keeps
+serving the previous one.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def test_moved_input_reruns_into_a_new_folder(cluster: Any, namespace: str, clai
                                               operator_factory: Any) -> None:
     ds = {"apiVersion": API, "kind": "Dataset", "metadata": {"name": "corpus", "namespace": namespace},
           "spec": {"task": "instruction", "source": {"uris": ["s3://raw/corpus.jsonl"]}}}
+    md = {"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": "chat", "namespace": namespace},
+          "spec": {"model": {"ref": {"kind": "TrainingJob", "name": "t"}}, "resources": SMALL}}
     with operator_factory(namespace) as runner:
-        apply(cluster, [ds, _training_job(namespace, "t"), _training_job(namespace, "keep", rerunOnInputChange=False)])
+        apply(cluster, [ds, _training_job(namespace, "t"), _training_job(namespace, "keep", rerunOnInputChange=False),
+                        md])
         first = wait_for("t Succeeded", _succeeded(cluster, namespace, "trainingjob", "t"), runner=runner)
+        wait_for("chat serving g1", lambda: (o := get(cluster, namespace, "modeldeployment", "chat"))
+                 and o["status"].get("servedVersion") == "g1", timeout=180, runner=runner)
         wait_for("keep Succeeded", _succeeded(cluster, namespace, "trainingjob", "keep"), runner=runner)
         assert first["status"]["artifact"]["uri"].endswith(f"/{namespace}/trainingjob/t/g1")
         assert first["status"]["lineage"][0]["uri"].endswith("/dataset/corpus/g1")
@@ -52,6 +58,10 @@ def test_moved_input_reruns_into_a_new_folder(cluster: Any, namespace: str, clai
                          runner=runner)
         keep = wait_for("keep reports the moved input", lambda: (o := get(cluster, namespace, "trainingjob", "keep"))
                         and cond(o, "DependenciesReady").get("reason") == "InputsChanged" and o, runner=runner)
+        served = wait_for("chat serving the re-run model", lambda: (o := get(cluster, namespace, "modeldeployment",
+                          "chat")) and o["status"].get("servedVersion") == "g1-r1" and o, timeout=180, runner=runner)
+    assert "/modeldeployment/chat/g1-r1" in served["status"]["servedModelRepository"]
+    assert served["status"]["lineage"][0]["uri"].endswith("/trainingjob/t/g1-r1")
     assert again["status"]["artifact"]["uri"].endswith(f"/{namespace}/trainingjob/t/g1-r1")
     assert again["status"]["lineage"][0]["uri"].endswith("/dataset/corpus/g2")
     assert again["status"]["jobName"] == "t-sft-g1-r1"

@@ -41,25 +41,26 @@ CANARY = "canary"
 
 
 def get_stage_config(
-    resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+    resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> StageConfig:
     """The shared `convert` stage config (export + quantization + model repository)."""
-    return build_stage_config(resource, inputs, settings.store_root, run=run_name(generation(resource)))
+    return build_stage_config(resource, inputs, settings.store_root, run=run_name(generation(resource), revision))
 
 
 def get_conversion_children(
-    resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings
+    resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> list[Manifest]:
     """ConfigMap + Job running the conversion in the serving image."""
     spec = resource.spec
     return get_stage_workload(
         resource,
-        get_stage_config(resource, inputs, settings),
+        get_stage_config(resource, inputs, settings, revision),
         settings,
         image=settings.serving_image,
         resources=spec.conversion_resources,
         backoff_limit=CONVERSION_BACKOFF_LIMIT,
         output=spec.output,
+        revision=revision,
     )
 
 

@@ -97,6 +97,28 @@ def _same_model(md_spec: dict[str, Any], md_ns: str, ev: dict[str, Any]) -> bool
     )
 
 
+def _evaluated_other_artifact(evaluation: dict[str, Any], model: ResolvedInput | None) -> str | None:
+    """Why a passed Evaluation does not vouch for the model artifact about to be served, or None.
+
+    The same object is not enough: its producer may have re-run since (a new run folder and digest), and
+    the gate waits for the Evaluation to evaluate that artifact too (it re-runs when its input moves)."""
+    if model is None or model.kind == "External":
+        return None
+    for entry in (evaluation.get("status") or {}).get("lineage") or []:
+        if (entry.get("kind"), entry.get("name")) != (model.kind, model.name):
+            continue
+        if model.digest and entry.get("digest"):
+            same = entry["digest"] == model.digest
+        else:
+            same = entry.get("uri") == model.uri
+        if same:
+            return None
+        seen, serve = str(entry.get("digest") or entry.get("uri"))[:72], (model.digest or model.uri)[:72]
+        return (f"evaluated {model.kind} {model.name} at {seen}, not the artifact to serve ({serve}); waiting for "
+                "it to evaluate that one")
+    return None
+
+
 def detail(cond: dict[str, Any]) -> str:
     """`Reason: message` of a dependency's condition, without text it may have copied from elsewhere."""
     reason = str(cond.get("reason") or "")
@@ -195,6 +217,7 @@ async def resolve_dependencies(resource: KubeResource, store_root: str) -> Depen
         else:
             deps.append(dep)
     objs = await asyncio.gather(*(_lookup(d.kind, d.namespace, d.name) for d in deps))
+    passed_gates: list[tuple[Dependency, dict[str, Any]]] = []
     for dep, obj in zip(deps, objs, strict=True):
         gate = dep.key == "gate"
         if obj is None:
@@ -230,9 +253,15 @@ async def resolve_dependencies(resource: KubeResource, store_root: str) -> Depen
                 report.gate_failed.append(
                     f"{dep.ref} did not pass ({detail(passed) if passed else 'no Passed condition'})"
                 )
+            else:
+                passed_gates.append((dep, obj))
             continue
         uri, digest = _artifact_of(dep, obj, store_root)
         report.inputs[dep.key] = ResolvedInput(kind=dep.kind, name=dep.name, uri=uri, digest=digest)
+    for dep, obj in passed_gates:
+        stale = _evaluated_other_artifact(obj, report.inputs.get("model"))
+        if stale and resource.spec.gate.require_same_model:  # type: ignore[attr-defined]
+            report.gate_pending.append(f"{dep.ref} {stale}")
     if report.pending or report.failed:  # only then can a cycle be what blocks
         report.cycle = await find_cycle(resource)
     return report

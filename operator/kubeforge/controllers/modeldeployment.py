@@ -21,6 +21,7 @@ import kopf
 from .. import heldout
 from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
 from ..api.v1alpha1.common import now_rfc3339
+from ..api.v1alpha1.conditions import INPUTS_CHANGED
 from ..builders import modeldeployment as builders
 from ..builders.common import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
 from ..stage import ResolvedInput, output_uri, run_name
@@ -104,26 +105,28 @@ async def _with_held_out(md: ModelDeployment, inputs: dict[str, ResolvedInput]) 
 
 
 async def _conversion(
-    w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport
+    w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport, revision: int, rerun: bool
 ) -> str | None:
-    """Drive the conversion Job; returns the model repository URI once exported."""
+    """Drive the conversion Job of this run; returns the model repository URI once exported."""
     s = common.settings()
-    job_name = child_name(md, "convert")
+    job_name = child_name(md, "convert", revision=revision)
     job = await stages.get_job(md.namespace, job_name)
-    if job is None:
+    if job is None or rerun:
         inputs = await _with_held_out(md, report.inputs)
-        children = _render(lambda: builders.get_conversion_children(md, inputs, s))
+        w.fields.update(jobName=job_name, inputRevision=revision, lineage=list(common.iter_lineage(inputs)))
+    if job is None:
+        children = _render(lambda: builders.get_conversion_children(md, inputs, s, revision))
         await stages.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
         await stages.create_children(children)
-        w.fields["jobName"] = job_name
-        w.fields["lineage"] = list(common.iter_lineage(inputs))
         w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
         w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
     if (w.condition(common.JOB_CREATED) or {}).get("observedGeneration") != w.generation:
         w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
     exported = w.condition(common.MODEL_EXPORTED)
-    if exported and exported.get("observedGeneration") == w.generation and exported.get("status") == "True":
+    if not rerun and exported and exported.get("observedGeneration") == w.generation and exported.get(
+        "status"
+    ) == "True":
         repo = (w.body.get("status") or {}).get("modelRepository")
         if repo:
             return str(repo)
@@ -141,7 +144,7 @@ async def _conversion(
               f"Job {job_name} failed: {why}")
         return None
     details = dict((result.details if result is not None else None) or {})
-    repo = str(details.get("modelRepository") or output_uri(md, s.store_root, run_name(w.generation)))
+    repo = str(details.get("modelRepository") or output_uri(md, s.store_root, run_name(w.generation, revision)))
     w.fields["modelRepository"] = repo
     if result is not None and result.artifact is not None and result.artifact.digest:
         w.fields["modelDigest"] = result.artifact.digest
@@ -173,11 +176,11 @@ async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:
     _pruned[uid] = w.generation
 
 
-async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None:
+async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str, revision: int) -> None:
     """Apply Service/Deployments/HPA/PDB for the current version, prune unwanted ones; run the canary."""
     s = common.settings()
     status = w.body.get("status") or {}
-    version = f"g{w.generation}"
+    version = run_name(w.generation, revision)
     served = status.get("servedVersion")
     served_repo = status.get("servedModelRepository") or repo
     canary = md.spec.rollout.strategy == "canary" and served is not None and served != version
@@ -234,6 +237,23 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str) -> None
         w.set(common.READY, "False", "Progressing", f"waiting for Triton pods of {served_now} to become Ready")
 
 
+def _model_moved(w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport) -> tuple[bool, str]:
+    """(re-convert, note): whether the exported model's producer now offers another artifact and this object
+    converts it again (`spec.rerunOnInputChange`; the tracks then roll to the new run as to a new
+    generation), else a note for DependenciesReady when it keeps serving what it has."""
+    exported = w.condition(common.MODEL_EXPORTED) or {}
+    if exported.get("status") != "True" or exported.get("observedGeneration") != w.generation:
+        return False, ""
+    moved = deps.moved_inputs((w.body.get("status") or {}).get("lineage"), report.inputs)
+    if not moved:
+        return False, ""
+    why = "; ".join(moved)
+    if not md.spec.rerun_on_input_change:
+        return False, f"{why}; kept (spec.rerunOnInputChange: false)"
+    kopf.event(common.as_body(w.body), type="Normal", reason=INPUTS_CHANGED, message=f"{why}; converting again")
+    return True, ""
+
+
 async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
     """One pass: validate → inputs → conversion → gate → serving."""
     body = common.plain(body_in)
@@ -253,8 +273,12 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
             box["outcome"] = "waiting"
             w.flush(patch)
             return
+        revision = stages.current_revision(body)
+        rerun, kept = _model_moved(w, resource, report)
+        if rerun:
+            revision += 1
         try:
-            repo = await _conversion(w, resource, report)
+            repo = await _conversion(w, resource, report, revision, rerun)
         except _Refused as exc:
             w.set(common.READY, "False", "InvalidSpec", str(exc))
             box["outcome"] = "invalid"
@@ -276,11 +300,14 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
             w.set(common.READY, "False", "GatePending", f"waiting for gate: {msg}")
             box["outcome"] = "waiting"
         else:
-            w.set(common.DEPENDENCIES_READY, "True", "DependenciesSucceeded", "inputs succeeded and gate passed")
+            if kept:
+                w.set(common.DEPENDENCIES_READY, "True", INPUTS_CHANGED, kept)
+            else:
+                w.set(common.DEPENDENCIES_READY, "True", "DependenciesSucceeded", "inputs succeeded and gate passed")
             exported = w.condition(common.MODEL_EXPORTED) or {}
             if repo is not None:
                 try:
-                    await _serve(w, resource, repo)
+                    await _serve(w, resource, repo, revision)
                 except _Refused as exc:
                     w.set(common.READY, "False", "InvalidSpec", str(exc))
                     box["outcome"] = "invalid"

@@ -18,6 +18,7 @@ from .common import (
     StorageLocation,
     TokenizerSource,
     cel,
+    rerun_on_input_change_field,
 )
 
 
@@ -192,6 +193,7 @@ class ModelDeploymentSpec(KubeModel):
         default_factory=Resources, description="Compute for the export/quantize Job."
     )
     output: StorageLocation = Field(default_factory=StorageLocation, description="Model repository location.")
+    rerun_on_input_change: bool = rerun_on_input_change_field()
 
     model_config = ConfigDict(
         json_schema_extra={
