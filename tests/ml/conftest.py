@@ -112,31 +112,41 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
-    """A random 2-layer LLaMA (hidden 32, ~40k params) plus the tiny tokenizer, in HF format."""
+def save_tiny_llama(out: Path, tokenizer_dir: Path, kv_heads: int = 4, tied: bool = True) -> Path:
+    """A random 2-layer LLaMA (hidden 32, 4 heads, ~40k params) plus the tokenizer, saved in HF format."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=4,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    out = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_factory() -> Callable[..., Path]:
+    """`save_tiny_llama` for tests that need a variant (untied head, grouped KV heads)."""
+    return save_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A random 2-layer LLaMA (hidden 32, ~40k params) plus the tiny tokenizer, in HF format."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

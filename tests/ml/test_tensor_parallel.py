@@ -72,29 +72,11 @@ def _single_vs_tp2(tmp_path: Path, kind: str, spec: dict[str, Any], data: dict[s
 
 
 @pytest.fixture(scope="module")
-def untied_gqa_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+def untied_gqa_llama_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, tiny_llama_factory: Callable[..., Path]
+) -> Path:
     """A tiny LLaMA with its own lm_head (not tied to the embeddings) and 2 key-value heads for 4 heads."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-llama-untied")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama_factory(tmp_path_factory.mktemp("tiny-llama-untied"), tiny_tokenizer_dir, kv_heads=2, tied=False)
 
 
 @pytest.mark.slow
