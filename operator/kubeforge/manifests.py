@@ -39,14 +39,28 @@ class ManifestError(ValueError):
         self.problems = problems
 
 
+# Written into every `kubeforge run` workdir: a directory holding it is state and artifacts, not manifests
+# (a workdir inside the manifests' directory would otherwise be read back as 100s of bad manifests).
+WORKDIR_MARKER = ".kubeforge-workdir"
+
+
+def _manifest_files(root: Path) -> Iterator[Path]:
+    """Manifest files below `root`, skipping hidden files and directories and runner workdirs."""
+    workdirs = [m.parent for m in root.rglob(WORKDIR_MARKER)]
+    for f in root.rglob("*"):
+        rel = f.relative_to(root).parts
+        if f.suffix not in MANIFEST_SUFFIXES or any(part.startswith(".") for part in rel):
+            continue
+        if not any(f.is_relative_to(w) for w in workdirs):
+            yield f
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, directories expanded (sorted, non-recursive into hidden dirs)."""
+    """Files as given, directories expanded (sorted; not into hidden directories or runner workdirs)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(
-                sorted(f for f in p.rglob("*") if f.suffix in MANIFEST_SUFFIXES and not f.name.startswith("."))
-            )
+            out.extend(sorted(_manifest_files(p)))
         elif p.exists():
             out.append(p)
         else:

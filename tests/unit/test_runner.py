@@ -385,6 +385,18 @@ def test_moved_input_reruns_into_a_new_folder_unless_the_object_keeps_its_result
     assert {e["digest"] for e in rl.status["lineage"] if e["name"] == "prefs"} == {prefs.status["digest"]}
 
 
+def test_workdir_inside_the_manifests_directory_is_not_read_as_manifests(tmp_path: Path, fake_stage: Path) -> None:
+    """`kubeforge run -f .` with the workdir below `.`: its state and artifact JSON are not manifests."""
+    manifests = write_manifests(tmp_path / "m", pipeline_docs())
+    for workdir in (tmp_path / "m" / "wd", tmp_path / "m" / ".kubeforge"):
+        runner, _ = make_runner(manifests.parent, workdir, fake_stage)
+        assert runner.run() == 0
+        assert list(workdir.rglob("*.json")), "the run wrote JSON state below the manifests' directory"
+        again, _ = make_runner(manifests.parent, workdir, fake_stage)  # would fail on 100s of bad manifests
+        assert again.run() == 0
+        assert set(again.outcomes.values()) == {"UpToDate"}
+
+
 def test_force_reruns_one_and_dependents(tmp_path: Path, fake_stage: Path) -> None:
     manifests = write_manifests(tmp_path / "m", pipeline_docs())
     workdir = tmp_path / "wd"

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from ..api.v1alpha1 import KINDS
 from ..api.v1alpha1.common import Condition, ConditionStatus, KubeModel, now_rfc3339
+from ..manifests import WORKDIR_MARKER
 from .graph import Key
 
 DEFAULT_WORKDIR = ".kubeforge"
@@ -168,6 +169,7 @@ class StateStore:
         status_model(state.kind).model_validate(state.status)
         path = self.state_path(state.key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        (self.root / WORKDIR_MARKER).touch()
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(state.to_wire(), indent=2, sort_keys=True))
         os.replace(tmp, path)
