@@ -100,7 +100,7 @@ def test_prepare_reads_and_writes_s3_like_a_pod(bucket: str, endpoint: str, tmp_
     })
     config, command, pod_env = pod_of(ds)
     assert pod_env["AWS_ENDPOINT_URL"] == endpoint and pod_env["AWS_ACCESS_KEY_ID"] == SECRET["AWS_ACCESS_KEY_ID"]
-    assert config.output_uri == f"s3://{bucket}/prepared/docs" and config.progress_path is not None
+    assert config.output_uri == f"s3://{bucket}/prepared/docs/g1" and config.progress_path is not None  # run g1
     config = config.model_copy(update={"metrics_port": None})  # no Prometheus port taken on a shared machine
     cfg_path = tmp_path / CONFIG_FILE
     cfg_path.write_text(config.dump_yaml())
@@ -112,10 +112,10 @@ def test_prepare_reads_and_writes_s3_like_a_pod(bucket: str, endpoint: str, tmp_
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="prepared/docs/")["Contents"])
-    assert keys == [f"prepared/docs/{n}" for n in ("lineage.json", "progress.json", "result.json", "stats.json",
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="prepared/docs/g1/")["Contents"])
+    assert keys == [f"prepared/docs/g1/{n}" for n in ("lineage.json", "progress.json", "result.json", "stats.json",
                                                    "test.parquet", "train.parquet", "validation.parquet")]
-    result = json.loads(s3.get_object(Bucket=bucket, Key="prepared/docs/result.json")["Body"].read())
+    result = json.loads(s3.get_object(Bucket=bucket, Key="prepared/docs/g1/result.json")["Body"].read())
     assert result["succeeded"] is True and result["artifact"]["uri"] == config.output_uri
     assert json.loads((tmp_path / "termination").read_text())["succeeded"] is True
     # The records that come back over S3 are the ones that went in (split, not changed).
