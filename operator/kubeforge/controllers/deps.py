@@ -107,11 +107,7 @@ def _evaluated_other_artifact(evaluation: dict[str, Any], model: ResolvedInput |
     for entry in (evaluation.get("status") or {}).get("lineage") or []:
         if (entry.get("kind"), entry.get("name")) != (model.kind, model.name):
             continue
-        if model.digest and entry.get("digest"):
-            same = entry["digest"] == model.digest
-        else:
-            same = entry.get("uri") == model.uri
-        if same:
+        if recorded_as(entry, model):
             return None
         seen, serve = str(entry.get("digest") or entry.get("uri"))[:72], (model.digest or model.uri)[:72]
         return (f"evaluated {model.kind} {model.name} at {seen}, not the artifact to serve ({serve}); waiting for "
@@ -300,23 +296,29 @@ def apply_dependency_conditions(writer: StatusWriter, report: DependencyReport, 
     return True
 
 
+def recorded_as(entry: dict[str, Any], now: ResolvedInput) -> bool:
+    """Whether a lineage entry names the artifact `now` resolves to.
+
+    By digest when both sides have one, else by URI (every run writes its own folder, so a re-run
+    producer's URI moves even when it reports no digest)."""
+    if now.digest and entry.get("digest"):
+        return bool(entry["digest"] == now.digest)
+    return bool(entry.get("uri") == now.uri)
+
+
 def moved_inputs(lineage: list[dict[str, Any]] | None, inputs: dict[str, ResolvedInput]) -> list[str]:
     """Inputs whose producer now offers another artifact than the one `lineage` recorded, one line each.
-
-    Compared by digest when both sides have one, else by URI (every run writes its own folder, so a
-    re-run producer's URI moves even when it reports no digest). Plain-URI inputs have no producer to move.
-    """
+    Plain-URI inputs have no producer to move."""
     recorded = {(e.get("kind"), e.get("name")): e for e in lineage or [] if isinstance(e, dict)}
     moved: list[str] = []
     for key in sorted(inputs):
         now = inputs[key]
         old = recorded.get((now.kind, now.name))
-        if now.kind == "External" or old is None:
+        if now.kind == "External" or old is None or recorded_as(old, now):
             continue
         if now.digest and old.get("digest"):
-            if now.digest != old["digest"]:
-                moved.append(f"{now.kind} {now.name} now has {now.digest[:19]} (this result used {old['digest'][:19]})")
-        elif now.uri != old.get("uri"):
+            moved.append(f"{now.kind} {now.name} now has {now.digest[:19]} (this result used {old['digest'][:19]})")
+        else:
             moved.append(f"{now.kind} {now.name} now at {now.uri} (this result used {old.get('uri')})")
     return moved
 

@@ -112,15 +112,18 @@ def artifact_of(state: ResourceState) -> tuple[str, str | None] | None:
     return None
 
 
-def run_digest(config: StageConfig, node: Node) -> str:
-    """Skip key: the StageConfig digest (spec + resolved inputs) plus the bytes of local source files."""
-    h = hashlib.sha256(config.digest().encode())
+def run_digests(node: Node, *configs: StageConfig) -> list[str]:
+    """Skip keys, one per config: its digest (spec + resolved inputs) plus the bytes of the node's local
+    source files, which are read once for all of them."""
+    hashes = [hashlib.sha256(config.digest().encode()) for config in configs]
     for path in local_source_files(node.resource):
-        h.update(str(path).encode() + b"\0")
+        for h in hashes:
+            h.update(str(path).encode() + b"\0")
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
+                for h in hashes:
+                    h.update(chunk)
+    return ["sha256:" + h.hexdigest() for h in hashes]
 
 
 def status_from_result(
@@ -290,8 +293,7 @@ class Runner:
         self.inputs[node.key] = resolved
         state.set_condition("DependenciesReady", "True", "Ready", "all references resolved")
         # Skip keys are taken without the run folder (it is named after the generation they decide).
-        digest = run_digest(self.render(node, resolved), node)
-        spec_digest = run_digest(self.render(node, {}), node)
+        digest, spec_digest = run_digests(node, self.render(node, resolved), self.render(node, {}))
         config = self.render(node, resolved, run_name(state.generation))
         if node.resource.kind == "ModelDeployment":
             blocked = self._gate(node)
