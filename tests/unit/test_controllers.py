@@ -220,7 +220,24 @@ def test_rejected_child_fails_the_generation(api: FakeApi) -> None:
                              'Job.batch "t-sft-g1" is invalid: spec.template: bad')
     assert common.settled(api.objects[("TrainingJob", NS, "t")])
     assert api.status_writes == 1
-    assert ("t", "ChildRejected", f"Succeeded=False: {ok['message']}") in api.events
+    assert [(n, r) for n, r, _ in api.events] == [("t", "ChildRejected")], "one Event for the pass"
+    assert f"Succeeded=False: {ok['message']}" in api.events[0][2]
+
+
+def test_one_event_per_pass_leads_with_the_headline() -> None:
+    dep = ("DependenciesReady", "True", "DependenciesSucceeded", "inputs ready")
+    job = ("JobCreated", "True", "JobCreated", "created Job t-sft-g1")
+    running = ("Succeeded", "Unknown", "Running", "")
+    failed = ("Succeeded", "False", "BackoffLimitExceeded", "pod failed")
+    done = ("Succeeded", "True", "Completed", "finished")
+    assert common.pass_event([]) is None
+    assert common.pass_event([dep, job, running]) == (
+        "Normal", "JobCreated",
+        "JobCreated=True: created Job t-sft-g1; DependenciesReady=True: inputs ready; Succeeded=Unknown")
+    assert common.pass_event([running, failed])[:2] == ("Warning", "BackoffLimitExceeded")
+    assert common.pass_event([("Passed", "True", "ThresholdsMet", ""), done])[:2] == ("Normal", "Completed")
+    assert common.pass_event([("x", "y", "z", "m" * 2000), job])[2].startswith("JobCreated=True")
+    assert len(common.pass_event([("x", "y", "z", "m" * 2000), job])[2]) == 1024
 
 
 @pytest.mark.parametrize(("status", "message"), [(500, "etcd timeout"), (403, "exceeded quota: compute"),

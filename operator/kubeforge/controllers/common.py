@@ -238,7 +238,7 @@ def parse_time(value: str | None) -> datetime | None:
 
 @dataclass
 class StatusWriter:
-    """Accumulates status changes for one pass; emits one Event per condition transition.
+    """Accumulates status changes for one pass; posts one Event for the pass's condition transitions.
 
     A new generation starts from the main conditions only: the other conditions of the previous generation
     (JobCreated, Passed, ModelExported, DependenciesReady) are set aside in `stale`; one set again with the
@@ -293,19 +293,43 @@ class StatusWriter:
         self.conditions = [c for c in self.conditions if c.get("type") != ctype]
 
     def flush(self, patch: kopf.Patch) -> None:
-        """Write status into kopf's patch and post Events for the transitions."""
+        """Write status into kopf's patch and post the pass's Event (`pass_event`)."""
         for key, value in self.fields.items():
             patch.status[key] = value
         patch.status["conditions"] = self.conditions
         patch.status["observedGeneration"] = self.generation
-        for ctype, status, reason, message in self.transitions:
-            warning = status == "False" and (reason in WARNING_REASONS or ctype in (SUCCEEDED, READY, PASSED))
-            kopf.event(
-                as_body(self.body),
-                type="Warning" if warning else "Normal",
-                reason=reason or ctype,
-                message=f"{ctype}={status}: {message}"[:1024],
-            )
+        event = pass_event(self.transitions)
+        if event is not None:
+            kopf.event(as_body(self.body), type=event[0], reason=event[1], message=event[2])
+
+
+def _is_warning(transition: tuple[str, str, str, str]) -> bool:
+    ctype, status, reason, _ = transition
+    return status == "False" and (reason in WARNING_REASONS or ctype in (SUCCEEDED, READY, PASSED))
+
+
+def pass_event(transitions: list[tuple[str, str, str, str]]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the one Event a pass posts for its condition transitions, or None.
+
+    One Event per pass, not one per condition: each is an API write on the critical path. The reason is
+    the headline: the first warning, else a main condition turning True (Completed, Ready), else the
+    last other transition (what the pass did: JobCreated, ModelExported); the message lists them all.
+    """
+    last = {t[0]: t for t in transitions}  # a condition set twice in one pass: its final state
+    transitions = list(last.values())
+    if not transitions:
+        return None
+    warnings = [t for t in transitions if _is_warning(t)]
+    done = [t for t in transitions if t[0] in MAIN_CONDITIONS and t[1] == "True"]
+    others = [t for t in transitions if t[0] not in MAIN_CONDITIONS]
+    lead = (warnings or done or others[-1:] or transitions)[0]
+    ordered = [lead] + [t for t in transitions if t is not lead]
+    parts: list[str] = []
+    for ctype, status, _, msg in ordered:  # a message already said (a cause repeated by Succeeded) once
+        said = msg and any(msg in part for part in parts)
+        parts.append(f"{ctype}={status}: {msg}" if msg and not said else f"{ctype}={status}")
+    message = "; ".join(parts)
+    return ("Warning" if warnings else "Normal"), lead[2] or lead[0], message[:1024]
 
 
 def as_body(body: dict[str, Any]) -> kopf.Body:
