@@ -2,16 +2,23 @@
 """Generate the quickstart's data files (examples/quickstart/data/), deterministically.
 
 A small made-up world (people, the cities they live in, their pets, jobs and favourite colours) is
-described three ways:
+described four ways:
 
-- `corpus.jsonl` (task text): English-like sentences about the world, for pretraining from scratch;
-  with a few duplicates, near-empty lines and e-mail addresses so the Dataset's cleaning rules
-  (exact dedup, minLength filter, PII scrubbing) have something to remove.
-- `instructions.jsonl` (task instruction, `prompt`/`completion`): questions about the world and
-  small additions, with short, learnable answers.
-- `preferences.jsonl` (task preference, `prompt`/`chosen`/`rejected`): the same questions, chosen =
-  the correct concise answer; rejected = a refusal or a repetition loop, and a wrong answer, rambling
-  or (less often) concise with one fact swapped, which only a model that knows the world can tell apart.
+- `corpus.jsonl` (task text): English-like sentences about the world, for pretraining from scratch,
+  a third of them reading exercises (a passage, a question, the short answer: without them the tiny
+  model answers about a third of the questions right after SFT, with them about 80 %); with a few
+  duplicates, near-empty lines and e-mail addresses so the Dataset's cleaning rules (exact dedup,
+  minLength filter, PII scrubbing) have something to remove.
+- `instructions.jsonl` (task instruction, `prompt`/`completion`): demonstrations for SFT. Each prompt
+  is a three-sentence passage (the answer, another fact about the same person, the same subject for
+  another person) and a question; 60 % of the answers are concise (`Paris.`), 40 % hedge at length
+  before giving the right fact, as human demonstrations do (SFT imitates both; RLHF removes the hedging).
+- `questions.jsonl` (task instruction): the same questions on other passages with concise answers:
+  the RLHF prompts (train), its held-out reward (validation) and the Evaluation (test), where
+  `contains` checks the key fact.
+- `preferences.jsonl` (task preference, `prompt`/`chosen`/`rejected`): chosen = the concise right
+  answer; rejected = the right answer hedged, a wrong fact (mostly rambling), a refusal or a repetition
+  loop, and for half the passages the passage's fact about the other person.
 
 The output is committed; re-run after changing this file: `python hack/gen_quickstart_data.py`.
 """
@@ -37,7 +44,6 @@ JOBS = ["baker", "teacher", "pilot", "farmer", "doctor", "painter", "engineer", 
 FOODS = ["bread", "apples", "soup", "cheese", "rice", "fish", "cake", "pasta"]
 WEATHER = ["sunny", "rainy", "windy", "cold", "warm", "foggy"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 RAMBLE = [
     "Well, that is a hard question and I am not completely sure, but if I had to guess I would say",
@@ -45,7 +51,12 @@ RAMBLE = [
     "I think, although I might be wrong and you should check somewhere else, that the answer is probably",
 ]
 
-RAMBLE_SHARE = 0.6  # of the wrong answers; the rest are concise with one fact swapped
+DEMONSTRATIONS = 8  # passages (distractors and order) per question in the SFT demonstrations: varied, so
+# that SFT learns to read the passage rather than memorise answers
+CONTEXTS = 3  # other passages per question in questions.jsonl
+PREFERENCE_PASSAGES = 2  # of the demonstrations' passages per question, also made into preference pairs
+HEDGE_SHARE = 0.4  # of the demonstrations: the right answer after a long hedge
+RAMBLE_SHARE = 0.9  # of the wrong answers; the rest are concise with one fact swapped
 REFUSE = ["I do not know.", "Sorry, I cannot answer that question.", "That is hard to say.",
           "I am not sure, you should ask someone else."]
 
@@ -79,20 +90,21 @@ def fact_sentences(name: str, f: dict[str, str]) -> list[str]:
 
 
 def corpus(rng: random.Random, facts: dict[str, dict[str, str]], n: int) -> list[dict[str, str]]:
-    """Text records: facts, little stories, arithmetic in words, plus some dirt for the cleaning rules."""
+    """Text records: facts, little stories, reading exercises, plus some dirt for the cleaning rules."""
     lines: list[str] = []
     for name, f in facts.items():
         lines.extend(fact_sentences(name, f))
     while len(lines) < n:
-        kind = rng.randrange(5)
+        kind = rng.randrange(6)
         a, b = rng.sample(PEOPLE, 2)
         fa = facts[a]
-        if kind == 0:
+        if kind in (1, 5):  # a reading exercise, as text on the web has: passage, question, answer
+            q, sentence = rng.choice(qa(a, fa))
+            passage, _ = with_context(rng, facts, a, q, sentence)
+            lines.append(f"{passage} {short(sentence)}")
+        elif kind == 0:
             lines.append(f"On {rng.choice(DAYS)} {a} visited {b} in {facts[b]['city']} and the weather was "
                          f"{rng.choice(WEATHER)}.")
-        elif kind == 1:
-            x, y = rng.randrange(10), rng.randrange(10)
-            lines.append(f"{NUMBER_WORDS[x].capitalize()} plus {NUMBER_WORDS[y]} is {x + y}. {x} + {y} = {x + y}.")
         elif kind == 2:
             lines.append(f"{a} and {b} ate {rng.choice(FOODS)} together, and {a} talked about the {fa['pet']}.")
         elif kind == 3:
@@ -120,9 +132,25 @@ def qa(name: str, f: dict[str, str]) -> list[tuple[str, str]]:
     ]
 
 
-def arithmetic() -> list[tuple[str, str]]:
-    """Every one-digit addition, answered with the number."""
-    return [(f"What is {x} plus {y}?", f"{x} plus {y} is {x + y}.") for x in range(10) for y in range(10)]
+def with_context(rng: random.Random, facts: dict[str, dict[str, str]], name: str, question: str,
+                 answer: str) -> tuple[str, list[str]]:
+    """The question after a short passage: its answer, a fact about the same person and one about another
+    person on the same subject, in random order, so only reading the name and the subject finds the answer."""
+    subject = next(i for i, (q, _) in enumerate(qa(name, facts[name])) if q == question)
+    same_person = rng.choice([a for i, (_, a) in enumerate(qa(name, facts[name])) if i != subject])
+    other = rng.choice([p for p in facts if short(qa(p, facts[p])[subject][1]) != short(answer)])
+    same_subject = qa(other, facts[other])[subject][1]
+    passage = [answer, same_person, same_subject]
+    rng.shuffle(passage)
+    return " ".join(passage) + " " + question, [same_person, same_subject]
+
+
+def short(sentence: str) -> str:
+    """The key fact of a fact sentence as a short answer: `Paris.`, `A horse.`, `An engineer.`"""
+    value = sentence.rstrip(".").split(" ")[-1]
+    if value in PETS or value in JOBS:
+        return ("An " if value[0] in "aeiou" else "A ") + value + "."
+    return value[0].upper() + value[1:] + "."
 
 
 def wrong_answer(rng: random.Random, prompt: str, answer: str, ramble: float = 0.5) -> str:
@@ -130,15 +158,24 @@ def wrong_answer(rng: random.Random, prompt: str, answer: str, ramble: float = 0
     words = answer.rstrip(".").split(" ")
     last = words[-1]
     pools = [CITIES, PETS, COLORS, JOBS, FOODS]
-    pool = next((p for p in pools if last in p), None)
+    pool = next(([x.lower() for x in p] for p in pools if last.lower() in (x.lower() for x in p)), None)
     if pool is not None:
-        words[-1] = rng.choice([x for x in pool if x != last])
-    elif last.isdigit():
-        words[-1] = str(int(last) + rng.choice([-3, -2, -1, 1, 2, 3]))
+        swapped = rng.choice([x for x in pool if x != last.lower()])
+        words[-1] = swapped.capitalize() if last[0].isupper() else swapped
+        if len(words) == 2 and words[0] in ("A", "An"):
+            words[0] = "An" if swapped[0] in "aeiou" else "A"
     wrong = " ".join(words) + "."
     if rng.random() < ramble:
         return f"{rng.choice(RAMBLE)} {wrong[0].lower()}{wrong[1:]} But I am not sure about any of this."
     return wrong
+
+
+HEDGE = "I am not completely sure, and you should check somewhere else, but I think it is"
+
+
+def hedged(rng: random.Random, answer: str) -> str:
+    """The right answer after one long hedge: past a 16-token answer budget before it says the fact."""
+    return f"{HEDGE} {answer[0].lower()}{answer[1:]}"
 
 
 def unhelpful_answer(rng: random.Random, prompt: str, answer: str) -> str:
@@ -146,12 +183,14 @@ def unhelpful_answer(rng: random.Random, prompt: str, answer: str) -> str:
     if rng.random() < 0.5:
         return rng.choice(REFUSE)
     words = answer.rstrip(".").split(" ")
+    if len(words) < 2:
+        return rng.choice(REFUSE)
     cut = rng.randrange(1, len(words))
     return " ".join(words[:cut] * 3) + "."
 
 
 def main() -> None:
-    """Write the three files."""
+    """Write the four files."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--seed", type=int, default=7)
@@ -161,18 +200,36 @@ def main() -> None:
     facts = world(rng)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    pairs = [p for name, f in facts.items() for p in qa(name, f)] + arithmetic()
-    instructions = [{"prompt": q, "completion": " " + a} for q, a in pairs]
-    rng.shuffle(instructions)
-    preferences = []
-    for q, a in pairs:  # two dispreferred answers per question
-        rejected = [unhelpful_answer(rng, q, a), wrong_answer(rng, q, a, ramble=RAMBLE_SHARE)]
-        preferences += [{"prompt": q, "chosen": " " + a, "rejected": " " + r} for r in rejected]
-    rng.shuffle(preferences)
+    instructions, questions, preferences = [], [], []
+    for name, f in facts.items():
+        for q, a in qa(name, f):
+            for variant in range(DEMONSTRATIONS + CONTEXTS):
+                prompt, distractors = with_context(rng, facts, name, q, a)
+                answer = short(a)
+                if variant >= DEMONSTRATIONS:  # other passages, answered concisely: RL prompts and evaluation
+                    questions.append({"prompt": prompt, "completion": " " + answer})
+                    continue
+                # Demonstrations: some get to the point, others hedge at length before the right answer.
+                shown = hedged(rng, answer) if rng.random() < HEDGE_SHARE else answer
+                instructions.append({"prompt": prompt, "completion": " " + shown})
+                if variant >= PREFERENCE_PASSAGES:
+                    continue
+                # Dispreferred answers: a right but hedging one; a wrong fact (mostly rambling); a refusal
+                # or a loop; on one passage per question the passage's fact on the same subject about another
+                # person. The 2-layer reward model ranks these last two kinds of pairs at chance (it cannot
+                # yet read), so they are few; the verifiable reward checks the answer during RL.
+                rejected = [hedged(rng, answer), wrong_answer(rng, q, answer, ramble=RAMBLE_SHARE),
+                            unhelpful_answer(rng, q, answer)]
+                if variant == 0:
+                    rejected.append(short(distractors[1]))
+                preferences += [{"prompt": prompt, "chosen": " " + answer, "rejected": " " + r} for r in rejected]
+    for records in (instructions, questions, preferences):
+        rng.shuffle(records)
 
     files = {
         "corpus.jsonl": corpus(rng, facts, args.corpus_lines),
         "instructions.jsonl": instructions,
+        "questions.jsonl": questions,
         "preferences.jsonl": preferences,
     }
     for name, records in files.items():

@@ -78,3 +78,37 @@ def test_reward_needs_preference_columns(
     config = make_stage_config("RewardModel", spec, tmp_path / "rm", {"dataset": tiny_dataset_dir("instruction")})
     with pytest.raises(StageError, match="columns prompt/chosen/rejected or chosen/rejected"):
         reward.run(config, ProgressReporter(config))
+
+
+def test_online_rl_scores_the_reward_model_as_the_reward_trainer_trained_it(
+    tmp_path: Path, tiny_llama_dir: Path, tiny_dataset_dir: Callable[[str], Path]
+) -> None:
+    """TRL's RewardTrainer appends EOS to plain-text pairs; GRPO/RLOO score `prompt + completion` without it
+    unless the reward tokenizer is wrapped (ScoredAsTrained): the ids and the scores must be the trainer's."""
+    import datasets
+    from kubeforge_trainer.rewards import ScoredAsTrained
+    from kubeforge_trainer.rlhf_heldout import _model_scores
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    pairs = datasets.load_dataset("parquet", data_files=str(tiny_dataset_dir("preference") / "validation.parquet"))
+    rows = pairs["train"].select(range(4))
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True)
+    trainer = RewardTrainer(model=rm, args=args, train_dataset=rows, processing_class=tok)
+    trained_on = [list(r["chosen_ids"]) for r in trainer.train_dataset]
+    prompts, chosen = list(rows["prompt"]), list(rows["chosen"])
+    # GRPOTrainer's own call: reward_processing_class(text=prompt + completion, add_special_tokens=False)
+    wrapped = ScoredAsTrained(tok)
+    scored = [wrapped(text=p + c, add_special_tokens=False)["input_ids"] for p, c in zip(prompts, chosen, strict=True)]
+    plain = [tok(text=p + c, add_special_tokens=False)["input_ids"] for p, c in zip(prompts, chosen, strict=True)]
+    assert scored == trained_on
+    assert all(ids[-1] == tok.eos_token_id for ids in scored)
+    assert all(ids != t for ids, t in zip(plain, trained_on, strict=True)), "plain scoring misses the EOS"
+    rm.eval()
+    with torch.no_grad():
+        truth = [float(rm(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in trained_on]
+    assert _model_scores(rm, wrapped, prompts, chosen) == pytest.approx(truth, abs=1e-5)
+    assert _model_scores(rm, tok, prompts, chosen) != pytest.approx(truth, abs=1e-5)

@@ -263,7 +263,7 @@ def test_order_follows_references(tmp_path: Path) -> None:
 def test_quickstart_graph_loads() -> None:
     p = load_pipeline([QUICKSTART])
     kinds = [k[0] for k in p.order]
-    assert kinds.count("Dataset") == 3 and kinds[-1] == "ModelDeployment"
+    assert kinds.count("Dataset") == 4 and kinds[-1] == "ModelDeployment"
     corpus = p.find("Dataset/corpus").resource
     uri = corpus.spec.source.uris[0]  # type: ignore[attr-defined]
     assert uri == f"file://{QUICKSTART / 'data' / 'corpus.jsonl'}"

@@ -112,6 +112,31 @@ def build_reward_function(fn: RewardFunction, index: int) -> RewardFn:
     return out
 
 
+class ScoredAsTrained:
+    """A reward model's tokenizer that appends EOS to plain-text inputs, as the model was trained.
+
+    TRL's RewardTrainer appends EOS to non-conversational chosen/rejected texts, and the score is read at
+    the last token; TRL's GRPO/RLOO/online-DPO trainers score `prompt + completion` without it, so the
+    score comes from a position the model was never trained on (on the quickstart's held-out pairs that
+    ranked at chance, 0.45, against 0.78 with EOS). Conversational inputs are left alone: the chat
+    template already closes the assistant turn.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+    def __call__(self, text: Any = None, **kwargs: Any) -> Any:
+        eos = self._tok.eos_token
+        if eos and isinstance(text, str):
+            text = text if text.endswith(eos) else text + eos
+        elif eos and isinstance(text, list):
+            text = [t if t.endswith(eos) else t + eos for t in text]
+        return self._tok(text=text, **kwargs)
+
+
 def build_reward_functions(functions: list[RewardFunction] | None) -> tuple[list[RewardFn], list[float]]:
     """Reward functions and their weights, in spec order."""
     fns = [build_reward_function(f, i) for i, f in enumerate(functions or [])]

@@ -18,7 +18,7 @@ from kubeforge.stage import StageConfig, StageResult, local_path
 
 from . import modelio
 from .callbacks import ProgressCallback
-from .rewards import REFERENCE_COLUMN, build_reward_functions
+from .rewards import REFERENCE_COLUMN, ScoredAsTrained, build_reward_functions
 from .rlhf_heldout import RewardSetup, before_after_metrics, heldout_prompts, log_samples, mean_reward
 from .runtime import ProgressReporter, StageError
 from .stagecommon import (
@@ -127,7 +127,8 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         if rm is not None:
             reward_funcs.append(rm[0])
             reward_weights.append(spec.reward.model_weight)
-            reward_tokenizers.append(rm[1])
+            # plain prompts: score prompt + completion + EOS, as the RewardTrainer trained the model
+            reward_tokenizers.append(rm[1] if "messages" in cols else ScoredAsTrained(rm[1]))
         fns, weights = build_reward_functions(spec.reward.functions)
         reward_funcs += fns
         reward_weights += weights
