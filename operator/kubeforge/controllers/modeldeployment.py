@@ -254,6 +254,19 @@ def _model_moved(w: common.StatusWriter, md: ModelDeployment, report: deps.Depen
     return True, ""
 
 
+def _converting(w: common.StatusWriter) -> None:
+    """Ready while a conversion Job runs: still True when a served run keeps answering (a new generation or
+    a moved model is being converted; the Triton pods of the served run are left alone until it is done,
+    as KServe keeps an InferenceService Ready while its next revision rolls out), else False."""
+    served = (w.body.get("status") or {}).get("servedVersion")
+    was = w.condition(common.READY) or {}
+    if served and was.get("status") == "True":
+        w.set(common.READY, "True", str(was.get("reason") or "Serving"),
+              f"serving {served} while the conversion Job exports the next model")
+    else:
+        w.set(common.READY, "False", "Converting", "waiting for the conversion Job")
+
+
 async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
     """One pass: validate → inputs → conversion → gate → serving."""
     body = common.plain(body_in)
@@ -318,7 +331,7 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
                 w.set(common.READY, "False", "ConversionFailed", str(exported.get("message", "")))
                 box["outcome"] = "failed"
             else:
-                w.set(common.READY, "False", "Converting", "waiting for the conversion Job")
+                _converting(w)
                 box["outcome"] = "running"
         w.flush(patch)
 
