@@ -133,16 +133,17 @@ def qa(name: str, f: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def with_context(rng: random.Random, facts: dict[str, dict[str, str]], name: str, question: str,
-                 answer: str) -> tuple[str, list[str]]:
+                 answer: str) -> tuple[str, str]:
     """The question after a short passage: its answer, a fact about the same person and one about another
-    person on the same subject, in random order, so only reading the name and the subject finds the answer."""
+    person on the same subject, in random order, so only reading the name and the subject finds the answer.
+    Returns the prompt and the other person's sentence (a fluent wrong answer)."""
     subject = next(i for i, (q, _) in enumerate(qa(name, facts[name])) if q == question)
     same_person = rng.choice([a for i, (_, a) in enumerate(qa(name, facts[name])) if i != subject])
     other = rng.choice([p for p in facts if short(qa(p, facts[p])[subject][1]) != short(answer)])
     same_subject = qa(other, facts[other])[subject][1]
     passage = [answer, same_person, same_subject]
     rng.shuffle(passage)
-    return " ".join(passage) + " " + question, [same_person, same_subject]
+    return " ".join(passage) + " " + question, same_subject
 
 
 def short(sentence: str) -> str:
@@ -153,7 +154,7 @@ def short(sentence: str) -> str:
     return value[0].upper() + value[1:] + "."
 
 
-def wrong_answer(rng: random.Random, prompt: str, answer: str, ramble: float = 0.5) -> str:
+def wrong_answer(rng: random.Random, answer: str, ramble: float = 0.5) -> str:
     """A plausible but wrong answer (one fact swapped), wrapped in rambling with probability `ramble`."""
     words = answer.rstrip(".").split(" ")
     last = words[-1]
@@ -173,12 +174,12 @@ def wrong_answer(rng: random.Random, prompt: str, answer: str, ramble: float = 0
 HEDGE = "I am not completely sure, and you should check somewhere else, but I think it is"
 
 
-def hedged(rng: random.Random, answer: str) -> str:
+def hedged(answer: str) -> str:
     """The right answer after one long hedge: past a 16-token answer budget before it says the fact."""
     return f"{HEDGE} {answer[0].lower()}{answer[1:]}"
 
 
-def unhelpful_answer(rng: random.Random, prompt: str, answer: str) -> str:
+def unhelpful_answer(rng: random.Random, answer: str) -> str:
     """A failure a small chat model shows: a refusal/hedge without an answer, or a repetition loop."""
     if rng.random() < 0.5:
         return rng.choice(REFUSE)
@@ -204,13 +205,13 @@ def main() -> None:
     for name, f in facts.items():
         for q, a in qa(name, f):
             for variant in range(DEMONSTRATIONS + CONTEXTS):
-                prompt, distractors = with_context(rng, facts, name, q, a)
+                prompt, other_person = with_context(rng, facts, name, q, a)
                 answer = short(a)
                 if variant >= DEMONSTRATIONS:  # other passages, answered concisely: RL prompts and evaluation
                     questions.append({"prompt": prompt, "completion": " " + answer})
                     continue
                 # Demonstrations: some get to the point, others hedge at length before the right answer.
-                shown = hedged(rng, answer) if rng.random() < HEDGE_SHARE else answer
+                shown = hedged(answer) if rng.random() < HEDGE_SHARE else answer
                 instructions.append({"prompt": prompt, "completion": " " + shown})
                 if variant >= PREFERENCE_PASSAGES:
                     continue
@@ -218,10 +219,10 @@ def main() -> None:
                 # or a loop; on one passage per question the passage's fact on the same subject about another
                 # person. The 2-layer reward model ranks these last two kinds of pairs at chance (it cannot
                 # yet read), so they are few; the verifiable reward checks the answer during RL.
-                rejected = [hedged(rng, answer), wrong_answer(rng, q, answer, ramble=RAMBLE_SHARE),
-                            unhelpful_answer(rng, q, answer)]
+                rejected = [hedged(answer), wrong_answer(rng, answer, ramble=RAMBLE_SHARE),
+                            unhelpful_answer(rng, answer)]
                 if variant == 0:
-                    rejected.append(short(distractors[1]))
+                    rejected.append(short(other_person))
                 preferences += [{"prompt": prompt, "chosen": " " + answer, "rejected": " " + r} for r in rejected]
     for records in (instructions, questions, preferences):
         rng.shuffle(records)
