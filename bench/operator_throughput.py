@@ -112,9 +112,12 @@ def apiserver_requests(api: Any) -> dict[tuple[str, str], float]:
     return out
 
 
-def operator_requests(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> float:
+def operator_requests(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], by: dict[str, float] | None = None
+) -> float:
     """Requests made between two scrapes, without the bench's own (creates of TrainingJobs, Job lists,
-    watches) and the control plane's (leases, pods, nodes, endpoints: KWOK and controllers)."""
+    watches) and the control plane's (leases, pods, nodes, endpoints: KWOK and controllers); `by` gets the
+    count per `VERB resource`."""
     mine = {("POST", "trainingjobs"), ("LIST", "jobs"), ("WATCH", "jobs"), ("WATCH", "trainingjobs")}
     other = {"leases", "pods", "nodes", "endpoints", "endpointslices", "replicasets", "serviceaccounts",
              "namespaces", "resourcequotas", "limitranges"}
@@ -123,6 +126,8 @@ def operator_requests(before: dict[tuple[str, str], float], after: dict[tuple[st
         if key in mine or key[1] in other or key[0] == "WATCH":
             continue
         total += value - before.get(key, 0.0)
+        if by is not None and value > before.get(key, 0.0):
+            by[f"{key[0]} {key[1]}"] = value - before.get(key, 0.0)
     return total
 
 
@@ -225,7 +230,8 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         total = time.monotonic() - t0
         reconciles = reconcile_total(mport) - base
         rss = max(rss_before, peak_rss_mib(proc.pid))
-        requests = operator_requests(api_before, apiserver_requests(custom.api_client))
+        by_request: dict[str, float] = {}
+        requests = operator_requests(api_before, apiserver_requests(custom.api_client), by_request)
         job_watch.stop()
         watched = [job_watch.seen[f"tj-{i:05d}-sft-g1"] - created_at[f"tj-{i:05d}"] for i in range(n)
                    if f"tj-{i:05d}-sft-g1" in job_watch.seen]
@@ -247,6 +253,7 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         "restarted": restarted,
         "duplicate_or_extra_jobs": len(extra),
         "api_requests_per_object": round(requests / n, 1),
+        "api_requests_per_object_by_verb": {k: round(v / n, 2) for k, v in sorted(by_request.items())},
         "create_seconds": round(t_created, 2),
         "total_seconds": round(total, 2),
         # Watch timing when the watch saw every Job, else the server-side timestamps.

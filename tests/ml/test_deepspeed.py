@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 def _torchrun(tmp_path: Path, name: str, config: Any) -> dict[str, Any]:
     cfg = tmp_path / f"{name}.yaml"
-    cfg.write_text(config.dump_yaml())
+    cfg.write_text(config.dump())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)

@@ -387,7 +387,7 @@ def test_missing_column_via_cli(make_stage_config: Callable[..., Any], tmp_path:
     spec = {"model": {"uri": str(trained_lm)}, "dataset": {"name": "d", "split": "test"},
             "taskType": "multiple-choice", "metrics": ["accuracy"]}
     cfg = make_stage_config("Evaluation", spec, tmp_path / "out", inputs={"model": trained_lm, "dataset": data})
-    (tmp_path / "config.yaml").write_text(cfg.dump_yaml())
+    (tmp_path / "config.yaml").write_text(cfg.dump())
     proc = subprocess.run(
         [sys.executable, "-m", "kubeforge_trainer", "evaluate", "--config", str(tmp_path / "config.yaml")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},

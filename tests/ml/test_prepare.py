@@ -276,7 +276,7 @@ def test_missing_column_via_cli(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "c.jsonl", [{"body": sentence(i), "y": i % 2} for i in range(10)])
     cfg = make_config(tmp_path, {"source": {"uris": [str(src)]}, "task": "classification", "columns": {"text": "body"}})
     cfg_path = tmp_path / "config.yaml"
-    cfg_path.write_text(cfg.dump_yaml())
+    cfg_path.write_text(cfg.dump())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KUBEFORGE_TERMINATION_LOG": str(tmp_path / "termination")}
     proc = subprocess.run(
         [sys.executable, "-m", "kubeforge_trainer", "prepare", "--config", str(cfg_path)],

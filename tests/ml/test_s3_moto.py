@@ -103,7 +103,7 @@ def test_prepare_reads_and_writes_s3_like_a_pod(bucket: str, endpoint: str, tmp_
     assert config.output_uri == f"s3://{bucket}/prepared/docs/g1" and config.progress_path is not None  # run g1
     config = config.model_copy(update={"metrics_port": None})  # no Prometheus port taken on a shared machine
     cfg_path = tmp_path / CONFIG_FILE
-    cfg_path.write_text(config.dump_yaml())
+    cfg_path.write_text(config.dump())
     assert command[:3] == ["python", "-m", "kubeforge_trainer"]
     argv = [sys.executable, *command[1:-1], str(cfg_path)]
     env = {k: v for k, v in os.environ.items() if k not in AMBIENT}  # the fixture's env, minus the pod's keys

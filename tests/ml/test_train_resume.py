@@ -62,7 +62,7 @@ def test_sigkill_then_restart_resumes_from_checkpoint(
     out = tmp_path / "killed"
     config = make_stage_config("TrainingJob", spec, out, data)
     cfg_path = tmp_path / "killed.yaml"
-    cfg_path.write_text(config.dump_yaml())
+    cfg_path.write_text(config.dump())
     log = tmp_path / "killed.log"
     proc = _start(cfg_path, log)
     ckpt = out / "checkpoints" / "checkpoint-20" / "trainer_state.json"

@@ -29,7 +29,7 @@ def _config(tmp_path: Path, model_dir: Path, spec: dict[str, Any], calib: Path |
         inputs["calibration"] = ResolvedInput(kind="Dataset", name="calib", uri=f"file://{calib}", digest="sha256:ab")
     cfg = build_stage_config(md, inputs, f"file://{tmp_path}/store")
     path = tmp_path / "config.yaml"
-    path.write_text(cfg.dump_yaml())
+    path.write_text(cfg.dump())
     return path
 
 

@@ -32,7 +32,7 @@ def _config(tmp_path: Path, model_dir: Path, spec: dict[str, Any], held_out: Pat
     if held_out is not None:
         inputs["heldOut"] = ResolvedInput(kind="Dataset", name="qa", uri=f"file://{held_out}", digest="sha256:cd")
     path = tmp_path / "config.yaml"
-    path.write_text(build_stage_config(md, inputs, f"file://{tmp_path}/store").dump_yaml())
+    path.write_text(build_stage_config(md, inputs, f"file://{tmp_path}/store").dump())
     return path
 
 

@@ -232,7 +232,7 @@ def test_config_map_is_shared_stage_config() -> None:
     inputs = _inputs(tj)
     cm, job = trainingjob.get_children(tj, inputs, SETTINGS)
     expected = trainingjob.get_stage_config(tj, inputs, SETTINGS)
-    assert cm["data"][CONFIG_FILE] == expected.dump_yaml()
+    assert cm["data"][CONFIG_FILE] == expected.dump()
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == stage_command(expected)
     assert job["metadata"]["annotations"][common.CONFIG_DIGEST_ANNOTATION] == expected.digest()
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-trainingjob-chat-sft"

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kubeforge.controllers import kube, progress, resync
+from kubeforge.controllers import common, kube, progress, resync, state
 
 
 def free_port() -> int:
@@ -70,24 +70,59 @@ def test_operator_reads_the_running_stages_progress(stage_port: int, monkeypatch
 
     monkeypatch.setattr(kube, "list_objects", list_objects)
     job = {"metadata": {"name": "t-sft-g1", "namespace": "ml"},
-           "status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}}
-    live = asyncio.run(progress.read_progress(job, stage_port))
+           "status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "ready": 1}}
+
+    async def twice() -> tuple[Any, Any]:
+        common.configure()
+        return await progress.read_progress(job, stage_port), await progress.read_progress(job, stage_port)
+
+    live, again = asyncio.run(twice())
     assert live is not None
     assert (live["step"], live["totalSteps"], live["percent"]) == (3, 12, "25%")
     assert live["loss"] == 1.5 and live["learningRate"] == 0.001 and live["tokensPerSecond"] == 250.0
     assert 85 <= live["etaSeconds"] <= 100, "30 s for 3 of 12 steps: about 90 s left"
+    assert again is not None and again["step"] == 3
 
     pods[0]["status"]["phase"] = "Pending"
-    assert asyncio.run(progress.read_progress(job, stage_port)) is None, "no running pod: status left alone"
+
+    async def fresh() -> Any:
+        common.configure()
+        return await progress.read_progress(job, stage_port)
+
+    assert asyncio.run(fresh()) is None, "no running pod: status left alone"
 
 
-def test_unreachable_pod_leaves_status_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def list_objects(*_: Any) -> list[dict[str, Any]]:
+def test_unreachable_pod_leaves_status_alone_and_is_not_tried_again_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod that does not answer (KWOK, a NetworkPolicy) costs one LIST and one scrape per backoff, not per
+    pass: with 1,000 such Jobs the resync loop does not pass them for progress either."""
+    lists: list[str] = []
+
+    async def list_objects(*args: Any) -> list[dict[str, Any]]:
+        lists.append(args[3])
         return [{"metadata": {"name": "p"}, "status": {"phase": "Running", "podIP": "127.0.0.1"}}]
 
     monkeypatch.setattr(kube, "list_objects", list_objects)
-    job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {}}
-    assert asyncio.run(progress.read_progress(job, free_port())) is None
+    job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {"ready": 1}}
+    port = free_port()
+
+    async def scenario() -> tuple[Any, Any, bool]:
+        common.configure()
+        first = await progress.read_progress(job, port)
+        second = await progress.read_progress(job, port)
+        due = progress.readable("ml", "j")
+        await state.current().api.close()
+        return first, second, due
+
+    first, second, due = asyncio.run(scenario())
+    assert first is None and second is None
+    assert len(lists) == 1, "the second read within the backoff neither lists pods nor scrapes"
+    assert not due
+
+    async def not_ready() -> Any:
+        common.configure()
+        return await progress.read_progress({"metadata": {"name": "k", "namespace": "ml"}, "status": {}}, port)
+
+    assert asyncio.run(not_ready()) is None and len(lists) == 1, "no Ready pod in the Job's status: no LIST"
 
 
 def test_running_objects_are_resynced_at_the_progress_interval() -> None:

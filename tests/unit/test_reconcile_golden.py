@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def _child(manifest: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": manifest["kind"], "name": meta["name"], "labels": meta.get("labels") or {},
                            "owner": [r["uid"] for r in meta.get("ownerReferences") or []]}
     if manifest["kind"] == "ConfigMap" and "config.yaml" in manifest.get("data", {}):
-        cfg = yaml.safe_load(manifest["data"]["config.yaml"])
+        cfg = json.loads(manifest["data"]["config.yaml"])
         out["config"] = {"outputUri": cfg["outputUri"],
                          "inputs": {k: [v["uri"], v.get("digest")] for k, v in sorted(cfg["inputs"].items())}}
     if manifest["kind"] == "Job":

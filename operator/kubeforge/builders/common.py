@@ -442,7 +442,7 @@ def get_stage_workload(
 ) -> list[Manifest]:
     """ConfigMap + (headless Service) + batch/v1 Job running one stage; ordered for creation.
 
-    The ConfigMap's `config.yaml` is `StageConfig.dump_yaml()` and the command is `stage_command(config)`,
+    The ConfigMap's `config.yaml` is `StageConfig.dump()` and the command is `stage_command(config)`,
     the very functions the local runner uses, so a local run and a cluster run execute the same thing.
     """
     gen = _generation(resource)
@@ -450,7 +450,7 @@ def get_stage_workload(
     labels = {**get_labels(resource, config.stage), LABEL_STAGE: config.stage, LABEL_GENERATION: str(gen)}
     if revision:
         labels[LABEL_REVISION] = str(revision)
-    data = {CONFIG_FILE: config.dump_yaml()}
+    data = {CONFIG_FILE: config.dump()}
     distributed_run = is_distributed(distributed)
     if deepspeed is not None:
         data[DEEPSPEED_FILE] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"

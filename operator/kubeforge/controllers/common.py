@@ -15,7 +15,6 @@ the bounded kinds' Job-driven pass in stages.py.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -36,9 +35,10 @@ from ..manifests import explain
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput
 from . import kube
+from .state import Key as Key
+from .state import OperatorState, bind, current
 from .workqueue import WorkQueue
 
-Key = tuple[str, str, str]  # (kind, namespace, name)
 RESULT_ANNOTATION = "kubeforge.io/result"
 # The condition vocabulary lives in the API package (one for the operator, the runner and Argo CD).
 SUCCEEDED, READY, DEPENDENCIES_READY = conditions.SUCCEEDED, conditions.READY, conditions.DEPENDENCIES_READY
@@ -49,21 +49,8 @@ WARNING_REASONS = conditions.WARNING_REASONS
 # Who posts the operator's Events (Event.reportingComponent / source.component) instead of kopf's "kopf".
 COMPONENT = "kubeforge-operator"
 
-_settings: OperatorSettings = OperatorSettings.from_env()
-# Latest body seen per (kind, namespace, name) for Kubeforge objects and managed Jobs: fed by the watch
-# streams and by our own status writes, read instead of GETs. A stale entry is harmless: the watch event
-# that makes it fresh also wakes whoever depends on it.
-_bodies: dict[Key, dict[str, Any]] = {}
-# The keys waiting for a pass; one per operator run (configure), so a restart in-process starts afresh.
-_queue: WorkQueue[Key] | None = None
-# Generation + Succeeded/Passed of each object as its last watch event showed them.
-watched: dict[Key, tuple[Any, ...]] = {}
-# Generation, labels and annotations each object had at its last watch event: a change queues a pass.
-seen_spec: dict[Key, tuple[Any, ...]] = {}
 Reconciler = Callable[[dict[str, Any], kopf.Patch], Awaitable[None]]
 _reconcilers: dict[str, Reconciler] = {}
-# When each object's last pass ended (time.monotonic()): the resync loop passes objects nobody woke lately.
-last_pass: dict[Key, float] = {}
 log = logging.getLogger("kubeforge.controllers")
 
 
@@ -73,32 +60,21 @@ def resync_interval() -> float:
 
 
 def settings() -> OperatorSettings:
-    """The operator settings (read at import and again at startup)."""
-    return _settings
+    """This operator run's settings."""
+    return current().settings
 
 
-def configure(new: OperatorSettings | None = None) -> OperatorSettings:
-    """Re-read settings from the environment (kopf startup)."""
-    global _settings
-    _settings = new or OperatorSettings.from_env()
-    kube.reset_client()
-    global _queue
-    _bodies.clear()  # an operator restarted inside one process (tests) must not trust old watch data
-    if _queue is not None:
-        _queue.close()
-    _queue = WorkQueue()
-    watched.clear()
-    seen_spec.clear()
-    last_pass.clear()
-    return _settings
+def configure(new: OperatorSettings | None = None, api: kube.Client | None = None) -> OperatorSettings:
+    """Start a fresh operator state (settings from the environment unless given) and bind it to this context:
+    what tests call in place of kopf's startup handler."""
+    state = OperatorState.create(new, api)
+    bind(state)
+    return state.settings
 
 
 def queue() -> WorkQueue[Key]:
     """This operator run's work queue."""
-    global _queue
-    if _queue is None:
-        _queue = WorkQueue()
-    return _queue
+    return current().queue
 
 
 def key_of(body: dict[str, Any]) -> Key:
@@ -116,28 +92,29 @@ def _rv(body: dict[str, Any] | None) -> int:
 def remember(body: dict[str, Any]) -> None:
     """Cache a body unless a newer one is already cached (etcd revisions only grow)."""
     key = key_of(body)
-    if _rv(body) >= _rv(_bodies.get(key)):
-        _bodies[key] = body
+    bodies = current().bodies
+    if _rv(body) >= _rv(bodies.get(key)):
+        bodies[key] = body
 
 
 def forget(kind: str, namespace: str, name: str) -> None:
     """Drop a deleted object from the cache."""
-    _bodies.pop((kind, namespace, name), None)
+    current().bodies.pop((kind, namespace, name), None)
 
 
 def cached(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The latest body seen for that object, if any."""
-    return _bodies.get((kind, namespace, name))
+    return current().bodies.get((kind, namespace, name))
 
 
 def reconcilable() -> list[tuple[Key, dict[str, Any]]]:
     """Every cached Kubeforge object of a registered kind with its latest body (the resync loop's view)."""
-    return [(key, body) for key, body in list(_bodies.items()) if key[0] in _reconcilers]
+    return [(key, body) for key, body in list(current().bodies.items()) if key[0] in _reconcilers]
 
 
 def freshest(body: dict[str, Any]) -> dict[str, Any]:
     """`body` or the cached one, whichever the API server wrote last."""
-    other = _bodies.get(key_of(body))
+    other = current().bodies.get(key_of(body))
     return other if other is not None and _rv(other) > _rv(body) else body
 
 
@@ -160,7 +137,7 @@ async def run_pass(body_in: Any) -> None:
     try:
         await _pass(freshest(body), key)
     finally:
-        last_pass[key] = time.monotonic()
+        current().last_pass[key] = time.monotonic()
 
 
 async def _pass(body: dict[str, Any], key: Key) -> None:
@@ -217,8 +194,10 @@ async def wake_owner(job_in: Any, event_type: str | None) -> None:
 
 
 def plain(body: Any) -> dict[str, Any]:
-    """A kopf body as a plain, deep-copied dict."""
-    return dict(json.loads(json.dumps(dict(body), default=str)))
+    """A kopf body (or a dict) as a plain dict: a shallow copy. Bodies are never changed in place (kopf
+    replaces, not mutates, what a watch event brought; StatusWriter copies the conditions it edits), so the
+    nested parts are shared instead of deep-copied on every event."""
+    return dict(body)
 
 
 def find_condition(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any] | None:
@@ -337,13 +316,32 @@ def as_body(body: dict[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, body))
 
 
-def validate(body: dict[str, Any]) -> tuple[KubeResource | None, str]:
-    """Parse the object with its kind's model; on failure a one-line message naming the fields."""
+def _parse(body: dict[str, Any]) -> tuple[KubeResource | None, str]:
     data = {k: v for k, v in body.items() if k in ("apiVersion", "kind", "metadata", "spec")}
     try:
         return KINDS[body["kind"]].model_validate(data), ""
     except ValidationError as exc:
         return None, "; ".join(explain(exc))
+
+
+def validate(body: dict[str, Any]) -> tuple[KubeResource | None, str]:
+    """Parse the object with its kind's model; on failure a one-line message naming the fields.
+
+    Once per generation (and labels/annotations, which the model keeps in metadata): every watch event and
+    pass of an unchanged object reuses the parse (OperatorState.parsed) instead of validating again."""
+    meta = body.get("metadata") or {}
+    if not meta.get("uid"):
+        return _parse(body)
+    stamp = (meta.get("uid"), meta.get("generation"), meta.get("labels"), meta.get("annotations"),
+             meta.get("deletionTimestamp"))
+    parsed = current().parsed
+    key = key_of(body)
+    hit = parsed.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    out = _parse(body)
+    parsed[key] = (stamp, out)
+    return out
 
 
 def settled(body: Any, main: str = SUCCEEDED) -> bool:

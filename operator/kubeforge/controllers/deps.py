@@ -28,15 +28,13 @@ from .common import (
     find_condition,
     forget,
     key_of,
-    last_pass,
     plain,
     remember,
-    seen_spec,
     track,
     validate,
     wake,
-    watched,
 )
+from .state import bind_from, current
 
 INDEX_SUFFIX = "_by_dependency"
 GRANT_ANNOTATION = "kubeforge.io/allow-references-from"
@@ -336,8 +334,9 @@ def _progress(body: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def index_dependencies(body: kopf.Body, **_: Any) -> dict[Key, Key]:
+def index_dependencies(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Key, Key]:
     """kopf index: (kind, ns, name) of each dependency → this object's (kind, ns, name)."""
+    bind_from(memo)
     data = plain(body)
     resource, _err = validate(data)
     if resource is None:
@@ -357,6 +356,8 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, indic
     """Watch event of a Kubeforge object: metrics and cache; queue a pass of the object when it is new to
     this operator or its spec/labels/annotations moved (not for its own status writes), and queue its
     dependents when its outcome moved."""
+    if "memo" in indices:
+        bind_from(indices["memo"])
     workers.ensure_started()
     body = plain(body_in)
     track(body, event_type, main)
@@ -364,12 +365,15 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, indic
     kind, ns, name = key
     # Compared with what the watch last showed, not with the cache: our own status write is cached
     # before its watch event arrives, and that event is exactly the news dependents wait for.
+    state = current()
+    watched, seen_spec = state.watched, state.seen_spec
     before = watched.get(key)
     if event_type == "DELETED":
         forget(kind, ns, name)
         watched.pop(key, None)
         seen_spec.pop(key, None)
-        last_pass.pop(key, None)
+        state.last_pass.pop(key, None)
+        state.parsed.pop(key, None)
         changed = True
     else:
         remember(body)

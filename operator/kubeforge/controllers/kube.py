@@ -1,18 +1,21 @@
 """Thin async access to the API server for children and dependencies.
 
-The sync `kubernetes` client runs in worker threads (`asyncio.to_thread`), so the kopf event loop never
-blocks. Requests are built generically from apiVersion/kind, which keeps one code path for every child
-kind: create (409 = already there), server-side apply, get, list, delete.
+One `aiohttp` session per operator run (its keep-alive pool shared by every pass; kopf itself talks to the
+API server through aiohttp too), so no request occupies a thread and the pool is sized where it is made.
+The `kubernetes` package only loads the credentials (in-cluster service account or kubeconfig, including
+its token refresh). Requests are built generically from apiVersion/kind, which keeps one code path for every
+child kind: create (409 = already there), server-side apply, get, list, delete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from typing import Any
+import ssl
+from typing import Any, cast
 from urllib.parse import urlencode
 
+import aiohttp
 from kubernetes import client, config
 
 from ..api.v1alpha1 import GROUP, KINDS, VERSION
@@ -31,15 +34,10 @@ PLURALS = {
     **{kind: model.PLURAL for kind, model in KINDS.items()},
 }
 
-# Threads that run blocking API calls (the event loop's default executor, set at startup) and the size of
-# the shared connection pool: more connections than threads, so a thread never waits for (or discards) one.
-API_THREADS = 32
-CONNECTION_POOL_SIZE = 2 * API_THREADS
+# Connections the session keeps open to the API server at most (requests beyond wait for one).
+CONNECTION_LIMIT = 64
 # Seconds one request may take (connect + read); a hung API server fails the pass, which is retried.
 REQUEST_TIMEOUT = 10.0
-
-_lock = threading.Lock()
-_client: client.ApiClient | None = None
 
 
 class KubeError(RuntimeError):
@@ -57,30 +55,112 @@ def is_rejection(exc: KubeError) -> bool:
     return exc.status in (400, 403, 422) and "exceeded quota" not in exc.message
 
 
-def api_client() -> client.ApiClient:
-    """One shared client: in-cluster config when inside a pod, else KUBECONFIG / ~/.kube/config.
+def load_configuration() -> client.Configuration:
+    """The operator's credentials: in-cluster config when inside a pod, else KUBECONFIG / ~/.kube/config."""
+    cfg = type.__call__(client.Configuration)  # a fresh one, not a copy of the process default
+    try:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    loaded: client.Configuration = cfg
+    return loaded
 
-    urllib3 sizes the pool when the ApiClient is built, so the size goes into the Configuration first.
+
+def _ssl_context(cfg: client.Configuration) -> ssl.SSLContext | bool:
+    if not cfg.verify_ssl:
+        return False
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return ctx
+
+
+class Client:
+    """The API server's address, the operator's credentials and one keep-alive connection pool.
+
+    The session is opened by the first request, in the event loop that uses it (aiohttp binds a session to
+    its loop), and closed by `close` (kopf cleanup). No hidden retries: a failed request fails the pass and
+    the work queue retries it with backoff.
     """
-    global _client
-    with _lock:
-        if _client is None:
-            cfg = type.__call__(client.Configuration)  # a fresh one, not a copy of the process default
-            try:
-                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-            cfg.connection_pool_maxsize = CONNECTION_POOL_SIZE
-            cfg.retries = False  # no hidden retries inside a pass: a failed request fails the pass, the queue retries
-            _client = client.ApiClient(configuration=cfg)
-        return _client
+
+    def __init__(self, cfg: client.Configuration | None = None) -> None:
+        self._cfg = cfg
+        self._ssl: ssl.SSLContext | bool | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def configuration(self) -> client.Configuration:
+        """The credentials, loaded on first use (so a state can exist where no cluster is configured)."""
+        if self._cfg is None:
+            self._cfg = load_configuration()
+        return self._cfg
+
+    @property
+    def host(self) -> str:
+        return str(self.configuration.host).rstrip("/")
+
+    @classmethod
+    def from_environment(cls) -> Client:
+        return cls()
+
+    def session(self) -> aiohttp.ClientSession:
+        """The run's session (also for plain-HTTP reads of pods' metrics: progress.py)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=CONNECTION_LIMIT)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            )
+        return self._session
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        for auth in self.configuration.auth_settings().values():  # refreshes an expiring token first
+            setting = cast(dict[str, Any], auth)
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"])] = str(setting["value"])
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        url_path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One request; the decoded JSON answer, or KubeError with the API server's message."""
+        data = body if body is None or isinstance(body, str) else json.dumps(body)
+        if self._ssl is None:  # the API server's CA and the client certificate, read once
+            self._ssl = _ssl_context(self.configuration) if self.host.startswith("https") else False
+        server_name = getattr(self.configuration, "tls_server_name", None)
+        kwargs: dict[str, Any] = {"ssl": self._ssl}
+        if server_name:
+            kwargs["server_hostname"] = server_name
+        async with self.session().request(
+            method, self.host + url_path + (f"?{urlencode(query)}" if query else ""),
+            data=data, headers=self._headers(content_type), **kwargs,
+        ) as resp:
+            text = await resp.read()
+            if resp.status >= 300:
+                try:
+                    message = json.loads(text).get("message", text)
+                except (ValueError, AttributeError):
+                    message = text
+                raise KubeError(resp.status, message.decode(errors="replace") if isinstance(message, bytes)
+                                else str(message))
+            return json.loads(text) if text else None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-def reset_client() -> None:
-    """Forget the client (tests point the operator at another cluster)."""
-    global _client
-    with _lock:
-        _client = None
+def api() -> Client:
+    """This operator run's client (kept in its OperatorState)."""
+    from .state import current  # state holds a Client: imported here to keep the modules acyclic at import
+
+    return current().api
 
 
 def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -92,45 +172,38 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
     return f"{base}/{name}" if name else base
 
 
-def _request(
+async def _request(
     method: str,
     url_path: str,
     body: Any = None,
     query: dict[str, str] | None = None,
     content_type: str = "application/json",
 ) -> Any:
-    api = api_client()
-    url = api.configuration.host + url_path + (f"?{urlencode(query)}" if query else "")
-    headers = {"Accept": "application/json", "Content-Type": content_type}
-    api.update_params_for_auth(headers, None, ["BearerToken"], url_path, method, body)
-    resp = api.call_api(method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT)
-    data = resp.read()  # type: ignore[no-untyped-call]
-    if resp.status >= 300:
-        try:
-            message = json.loads(data).get("message", data)
-        except (ValueError, AttributeError):
-            message = data
-        raise KubeError(resp.status, str(message))
-    return json.loads(data) if data else None
+    return await api().request(method, url_path, body, query, content_type)
 
 
-def _get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+async def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """The object, or None when it does not exist."""
     try:
-        return dict(_request("GET", path(api_version, kind, namespace, name)))
+        return dict(await _request("GET", path(api_version, kind, namespace, name)))
     except KubeError as exc:
         if exc.status == 404:
             return None
         raise
 
 
-async def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-    """The object, or None when it does not exist."""
-    return await asyncio.to_thread(_get, api_version, kind, namespace, name)
-
-
 def get_path(url_path: str) -> Any:
-    """GET of a raw API path (discovery, /version), blocking: for threads outside the event loop (readiness)."""
-    return _request("GET", url_path)
+    """GET of a raw API path (discovery, /version), blocking, with a short-lived session of its own: for
+    threads outside the event loop (readiness), which must not depend on the loop they check."""
+
+    async def once() -> Any:
+        probe = Client.from_environment()
+        try:
+            return await probe.request("GET", url_path)
+        finally:
+            await probe.close()
+
+    return asyncio.run(once())
 
 
 async def get_kubeforge(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -138,10 +211,11 @@ async def get_kubeforge(kind: str, namespace: str, name: str) -> dict[str, Any] 
     return await get(f"{GROUP}/{VERSION}", kind, namespace, name)
 
 
-def _create(manifest: dict[str, Any]) -> bool:
+async def create(manifest: dict[str, Any]) -> bool:
+    """Create; False when it already existed (deterministic names make this idempotent)."""
     meta = manifest["metadata"]
     try:
-        _request("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), manifest)
+        await _request("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), manifest)
         return True
     except KubeError as exc:
         if exc.status == 409:
@@ -149,46 +223,29 @@ def _create(manifest: dict[str, Any]) -> bool:
         raise
 
 
-async def create(manifest: dict[str, Any]) -> bool:
-    """Create; False when it already existed (deterministic names make this idempotent)."""
-    return await asyncio.to_thread(_create, manifest)
-
-
-def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
+async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply (create or converge), owning exactly the fields the builder rendered."""
     meta = manifest["metadata"]
     url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
-    out = _request(
-        "PATCH",
-        url,
-        json.dumps(manifest),
-        {"fieldManager": FIELD_MANAGER, "force": "true"},
+    out = await _request(
+        "PATCH", url, json.dumps(manifest), {"fieldManager": FIELD_MANAGER, "force": "true"},
         "application/apply-patch+yaml",
     )
     return dict(out)
-
-
-async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply (create or converge), owning exactly the fields the builder rendered."""
-    return await asyncio.to_thread(_apply, manifest)
-
-
-def _patch_status(api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    url = path(api_version, kind, namespace, name) + "/status"
-    return dict(_request("PATCH", url, patch, content_type="application/merge-patch+json"))
 
 
 async def patch_status(
     api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
 ) -> dict[str, Any]:
     """JSON merge patch of the status subresource; returns the object as stored."""
-    return await asyncio.to_thread(_patch_status, api_version, kind, namespace, name, patch)
+    url = path(api_version, kind, namespace, name) + "/status"
+    return dict(await _request("PATCH", url, patch, content_type="application/merge-patch+json"))
 
 
-def _delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+async def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    """Delete with background propagation; False when already gone."""
     try:
-        _request(
-            "DELETE", path(api_version, kind, namespace, name), {"propagationPolicy": "Background"}
-        )
+        await _request("DELETE", path(api_version, kind, namespace, name), {"propagationPolicy": "Background"})
         return True
     except KubeError as exc:
         if exc.status == 404:
@@ -196,16 +253,7 @@ def _delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
         raise
 
 
-async def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
-    """Delete with background propagation; False when already gone."""
-    return await asyncio.to_thread(_delete, api_version, kind, namespace, name)
-
-
-def _list(api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-    out = _request("GET", path(api_version, kind, namespace), query={"labelSelector": selector})
-    return list(out.get("items") or [])
-
-
 async def list_objects(api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
     """Objects matching a label selector."""
-    return await asyncio.to_thread(_list, api_version, kind, namespace, selector)
+    out = await _request("GET", path(api_version, kind, namespace), query={"labelSelector": selector})
+    return list(out.get("items") or [])

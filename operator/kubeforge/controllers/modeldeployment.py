@@ -26,6 +26,7 @@ from ..builders import modeldeployment as builders
 from ..builders.common import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
 from ..stage import ResolvedInput, output_uri, run_name
 from . import common, deps, kube, stages
+from .state import bind_from, current
 
 PLURAL = "modeldeployments"
 
@@ -42,16 +43,10 @@ def _render(build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         raise _Refused(str(exc)) from exc
 
 
-# (kind, namespace, name) -> (hash of what was last applied, when): a pass applies a serving child only
-# when its rendered manifest changed, or REAPPLY_S after the last apply (to undo edits of fields the
-# operator owns). Deployments are watched (`deployment_event`), so their status comes from the cache.
-_applied: dict[tuple[str, str, str], tuple[str, float]] = {}
+# A pass applies a serving child only when its rendered manifest changed (OperatorState.applied), or
+# REAPPLY_S after the last apply (to undo edits of fields the operator owns). Deployments are watched
+# (`deployment_event`), so their status comes from the cache.
 REAPPLY_S = 600.0
-
-
-def reset() -> None:
-    """Forget what was applied (an operator restarted in the same process applies everything once)."""
-    _applied.clear()
 
 
 def _digest(child: dict[str, Any]) -> str:
@@ -62,7 +57,8 @@ async def _apply(child: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply of one serving child unless nothing changed; a permanent refusal is ChildRejected."""
     meta = child["metadata"]
     key = (str(child["kind"]), str(meta["namespace"]), str(meta["name"]))
-    digest, last = _digest(child), _applied.get(key)
+    applied = current().applied
+    digest, last = _digest(child), applied.get(key)
     known = common.cached(*key) if key[0] == "Deployment" else {}
     if last is not None and last[0] == digest and known is not None and time.monotonic() - last[1] < REAPPLY_S:
         return known
@@ -72,7 +68,7 @@ async def _apply(child: dict[str, Any]) -> dict[str, Any]:
         if (refused := stages.rejected(child, exc)) is not None:
             raise refused from exc
         raise
-    _applied[key] = (digest, time.monotonic())
+    applied[key] = (digest, time.monotonic())
     if key[0] == "Deployment":
         common.remember({"apiVersion": "apps/v1", "kind": "Deployment", **out})
     return out
@@ -83,7 +79,7 @@ async def _delete_deployment(namespace: str, name: str) -> None:
     if common.cached("Deployment", namespace, name) is not None:
         await kube.delete("apps/v1", "Deployment", namespace, name)
         common.forget("Deployment", namespace, name)
-    _applied.pop(("Deployment", namespace, name), None)
+    current().applied.pop(("Deployment", namespace, name), None)
 
 
 async def _get(key: heldout.Key) -> dict[str, Any] | None:
@@ -154,10 +150,6 @@ async def _conversion(
     return repo
 
 
-# Object UID → the generation whose optional serving children were last pruned (see _prune).
-_pruned: dict[str, int] = {}
-
-
 async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:
     """Delete the HPA and PDB the spec no longer asks for (spec.autoscaling removed, replicas down to 1).
 
@@ -166,14 +158,15 @@ async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:
     retried, and the generation is recorded only after both deletes went through.
     """
     uid = str((w.body.get("metadata") or {}).get("uid") or "")
-    if _pruned.get(uid) == w.generation:
+    pruned = current().pruned
+    if pruned.get(uid) == w.generation:
         return
     name = builders.deployment_name(md, builders.STABLE)
     if builders.get_hpa(md) is None:
         await kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", md.namespace, name)
     if builders.get_pdb(md) is None:
         await kube.delete("policy/v1", "PodDisruptionBudget", md.namespace, name)
-    _pruned[uid] = w.generation
+    pruned[uid] = w.generation
 
 
 async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str, revision: int) -> None:
@@ -350,14 +343,15 @@ async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY},
                id="wake-model-deployment")
-async def deployment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A Triton Deployment changed (replicas became ready, it vanished): cache it and queue its owner."""
+    bind_from(memo)
     data = common.plain(body)
     meta = data.get("metadata") or {}
     ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
     if type == "DELETED":
         common.forget("Deployment", ns, name)
-        _applied.pop(("Deployment", ns, name), None)
+        current().applied.pop(("Deployment", ns, name), None)
     else:
         common.remember({"apiVersion": "apps/v1", "kind": "Deployment", **data})
     owner = (meta.get("labels") or {}).get(LABEL_OWNER)

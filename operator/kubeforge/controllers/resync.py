@@ -8,7 +8,8 @@ watch cache and adds the objects that are due to the work queue:
 * bounded kinds that are not settled, `resync_interval()` after their last pass (events do the real work);
 * every ModelDeployment, `poll_interval` after its last pass (Triton readiness and canary promotion are
   time-based, and serving is never finished);
-* objects whose stage runs, `PROGRESS_INTERVAL_S` after their last pass, so status.progress stays live.
+* objects whose stage runs, `PROGRESS_INTERVAL_S` after their last pass, so status.progress stays live
+  (unless their pod did not answer lately: progress.py backs off).
 
 A failed pass is not the resync's business: the consumer re-adds it with backoff (workers.py).
 """
@@ -19,7 +20,8 @@ import asyncio
 import time
 from typing import Any
 
-from . import common
+from . import common, progress
+from .state import current
 
 TICK_MAX_S = 5.0
 TICK_MIN_S = 0.2
@@ -41,13 +43,14 @@ def running(body: dict[str, Any]) -> bool:
 def due(now: float, since: float) -> list[common.Key]:
     """Objects whose last pass (or, never passed, the loop's start `since`) is at least their interval ago."""
     out: list[common.Key] = []
+    last_pass = current().last_pass
     for key, body in common.reconcilable():
         if key[0] != LONG_RUNNING and common.settled(body):
             continue
         interval = interval_of(key[0])
-        if running(body):
+        if running(body) and progress.readable(key[1], str((body.get("status") or {}).get("jobName") or "")):
             interval = min(interval, max(PROGRESS_INTERVAL_S, common.settings().poll_interval))
-        if now - common.last_pass.get(key, since) >= interval:
+        if now - last_pass.get(key, since) >= interval:
             out.append(key)
     return out
 

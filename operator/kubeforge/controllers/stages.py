@@ -339,6 +339,7 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
             box["outcome"] = "running"
             w.flush(patch)
             return
+        progress.forget(ns, job_name)
         result, text = await read_result(job, s.test_hooks)
         seconds = workload_seconds(job)
         w.fields["completionTime"] = (job.get("status") or {}).get("completionTime") or now_rfc3339()

@@ -13,13 +13,10 @@ import logging
 
 from .. import metrics
 from . import common, resync
+from .state import current
 from .workqueue import WorkQueue
 
 log = logging.getLogger("kubeforge.controllers")
-
-_tasks: list[asyncio.Task[None]] = []
-_stopped = False
-
 
 async def consume(queue: WorkQueue[common.Key]) -> None:
     """One consumer: take a key, run its pass, re-add it with backoff if the pass failed."""
@@ -39,40 +36,34 @@ async def consume(queue: WorkQueue[common.Key]) -> None:
             metrics.QUEUE_DEPTH.set(len(queue))
 
 
-def reset() -> None:
-    """Forget tasks left by an earlier run in this process (kopf startup); the next watch event starts them."""
-    global _stopped
-    _tasks.clear()
-    _stopped = False
-
-
 def running() -> bool:
     """Whether this event loop has the consumers and the resync loop."""
     loop = asyncio.get_running_loop()
-    return bool(_tasks) and all(not t.done() and t.get_loop() is loop for t in _tasks)
+    tasks = current().tasks
+    return bool(tasks) and all(not t.done() and t.get_loop() is loop for t in tasks)
 
 
 def ensure_started() -> None:
     """Start the consumers and the resync loop unless they run (called from watch-event handlers)."""
-    if _stopped or running():
+    state = current()
+    if state.stopped or running():
         return
     loop = asyncio.get_running_loop()
-    queue = common.queue()
-    _tasks.clear()
-    _tasks.extend(loop.create_task(consume(queue), name=f"kubeforge-worker-{i}")
-                  for i in range(common.settings().workers))
-    _tasks.append(loop.create_task(resync.run(), name="kubeforge-resync"))
+    state.tasks.clear()
+    state.tasks.extend(loop.create_task(consume(state.queue), name=f"kubeforge-worker-{i}")
+                       for i in range(state.settings.workers))
+    state.tasks.append(loop.create_task(resync.run(), name="kubeforge-resync"))
 
 
 async def stop() -> None:
-    """Stop every task (kopf cleanup)."""
-    global _stopped
-    _stopped = True
-    mine = [t for t in _tasks if t.get_loop() is asyncio.get_running_loop()]
-    _tasks.clear()
+    """Stop every task and release the run's resources (kopf cleanup)."""
+    state = current()
+    state.stopped = True
+    mine = [t for t in state.tasks if t.get_loop() is asyncio.get_running_loop()]
+    state.tasks.clear()
     for task in mine:
         task.cancel()
     for task in mine:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    common.queue().close()
+    await state.close()

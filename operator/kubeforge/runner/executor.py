@@ -352,7 +352,7 @@ class Runner:
         state = self.states[node.key]
         cfg_path = self.store.config_path(node.key)
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(config.dump_yaml())
+        cfg_path.write_text(config.dump())
         for p in (config.result_path, config.progress_path):
             if p:
                 local_path(p).unlink(missing_ok=True)
