@@ -334,8 +334,9 @@ def _progress(body: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def index_dependencies(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Key, Key]:
-    """kopf index: (kind, ns, name) of each dependency → this object's (kind, ns, name)."""
+async def index_dependencies(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Key, Key]:
+    """kopf index: (kind, ns, name) of each dependency → this object's (kind, ns, name). Async although it
+    awaits nothing: kopf runs a sync handler in a thread, a hop per watch event."""
     bind_from(memo)
     data = plain(body)
     resource, _err = validate(data)

@@ -127,8 +127,10 @@ class Client:
         body: Any = None,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+        answer: bool = True,
     ) -> Any:
-        """One request; the decoded JSON answer, or KubeError with the API server's message."""
+        """One request; the decoded JSON answer (None when `answer` is False: a create's echo of the object is
+        not read), or KubeError with the API server's message."""
         data = body if body is None or isinstance(body, str) else json.dumps(body)
         if self._ssl is None:  # the API server's CA and the client certificate, read once
             self._ssl = _ssl_context(self.configuration) if self.host.startswith("https") else False
@@ -148,7 +150,7 @@ class Client:
                     message = text
                 raise KubeError(resp.status, message.decode(errors="replace") if isinstance(message, bytes)
                                 else str(message))
-            return json.loads(text) if text else None
+            return json.loads(text) if text and answer else None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -178,8 +180,9 @@ async def _request(
     body: Any = None,
     query: dict[str, str] | None = None,
     content_type: str = "application/json",
+    answer: bool = True,
 ) -> Any:
-    return await api().request(method, url_path, body, query, content_type)
+    return await api().request(method, url_path, body, query, content_type, answer)
 
 
 async def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -215,7 +218,8 @@ async def create(manifest: dict[str, Any]) -> bool:
     """Create; False when it already existed (deterministic names make this idempotent)."""
     meta = manifest["metadata"]
     try:
-        await _request("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), manifest)
+        await _request("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), manifest,
+                       answer=False)
         return True
     except KubeError as exc:
         if exc.status == 409:
