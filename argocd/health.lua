@@ -33,8 +33,8 @@ local PASSED = "Passed"
 local FAILURE_REASONS = {
   BackoffLimitExceeded = true, ChildRejected = true, ConversionFailed = true,
   DeadlineExceeded = true, DependencyFailed = true, EvaluationFailed = true, Failed = true,
-  GateFailed = true, IncompatibleDataset = true, InvalidSpec = true, NoResult = true,
-  ReferenceNotGranted = true, StageCrashed = true, ThresholdsFailed = true,
+  GateFailed = true, IncompatibleDataset = true, InvalidResult = true, InvalidSpec = true,
+  NoResult = true, ReferenceNotGranted = true, StageCrashed = true, ThresholdsFailed = true,
 }
 -- Reasons that wait for a gate or a person rather than for work (argocd/render.py): Suspended.
 local SUSPEND_REASONS = {

@@ -33,15 +33,8 @@ METRICS_PORT = 9400
 
 def stage_name(resource: KubeResource) -> str:
     """Which stage runs a resource: prepare, pretrain, sft, classification, regression, reward, rlhf, evaluate
-    or convert."""
-    kind = resource.kind
-    if kind == "Dataset":
-        return "prepare"
-    if kind == "TrainingJob":
-        return str(resource.spec.method)  # type: ignore[attr-defined]
-    return {"RewardModel": "reward", "RLHFJob": "rlhf", "Evaluation": "evaluate", "ModelDeployment": "convert"}[
-        kind
-    ]
+    or convert (the kind's API model says)."""
+    return resource.stage()
 
 
 def stage_module(stage: str) -> str:
@@ -172,6 +165,7 @@ class Dependency(KubeModel):
     kind: str = Field(description="Kind of the dependency.")
     name: str = Field(description="Name of the dependency.")
     namespace: str = Field(description="Namespace of the dependency.")
+    field: str = Field(default="", description="The spec field that names it (`spec.dataset`, ...), for messages.")
 
     @property
     def ref(self) -> str:
@@ -181,45 +175,13 @@ class Dependency(KubeModel):
 
 def dependencies(resource: KubeResource) -> list[Dependency]:
     """Every reference of `resource`, in a fixed order (inputs first, then gate Evaluations)."""
-    ns = resource.namespace
-    spec: Any = resource.spec  # type: ignore[attr-defined]
-    deps: list[Dependency] = []
-
-    def add(key: str, kind: str, name: str, namespace: str | None) -> None:
-        deps.append(Dependency(key=key, kind=kind, name=name, namespace=namespace or ns))
-
-    if resource.kind == "Dataset":
-        if spec.source.from_dataset is not None:
-            add("parentDataset", "Dataset", spec.source.from_dataset.name, None)
-        return deps
-    if getattr(spec, "dataset", None) is not None:
-        add("dataset", "Dataset", spec.dataset.name, spec.dataset.namespace)
-    model_source = spec.policy if resource.kind == "RLHFJob" else spec.model
-    if model_source.ref is not None:
-        add("model", str(model_source.ref.kind), model_source.ref.name, model_source.ref.namespace)
-    if resource.kind == "RLHFJob" and spec.reward is not None and spec.reward.model is not None:
-        add("rewardModel", "RewardModel", spec.reward.model.name, spec.reward.model.namespace)
-    if resource.kind == "ModelDeployment":
-        if spec.quantization.calibration is not None:
-            cal = spec.quantization.calibration
-            add("calibration", "Dataset", cal.name, cal.namespace)
-        for ev in spec.gate.evaluations:
-            add("gate", "Evaluation", ev, None)
-    return deps
+    return [Dependency(key=r.key, kind=r.kind, name=r.name, namespace=r.namespace or resource.namespace, field=r.field)
+            for r in resource.references()]
 
 
 def external_inputs(resource: KubeResource) -> dict[str, ResolvedInput]:
     """Inputs given as plain URIs (no producing object)."""
-    spec: Any = resource.spec  # type: ignore[attr-defined]
-    out: dict[str, ResolvedInput] = {}
-    if resource.kind == "Dataset":
-        return out
-    model_source = spec.policy if resource.kind == "RLHFJob" else spec.model
-    if model_source.uri is not None:
-        out["model"] = ResolvedInput(kind="External", name=model_source.uri, uri=model_source.uri)
-    if resource.kind == "RLHFJob" and spec.reward is not None and spec.reward.uri is not None:
-        out["rewardModel"] = ResolvedInput(kind="External", name=spec.reward.uri, uri=spec.reward.uri)
-    return out
+    return {key: ResolvedInput(kind="External", name=uri, uri=uri) for key, uri in resource.uri_inputs().items()}
 
 
 def run_name(generation: int, revision: int = 0) -> str:

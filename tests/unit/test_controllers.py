@@ -502,6 +502,49 @@ def test_operator_and_local_runner_lift_the_same_status(kind: str, passed: bool)
         assert cluster["Passed"][1] == ("ThresholdsMet" if passed else "ThresholdsFailed")
 
 
+@pytest.mark.parametrize(("kind", "details", "where"), [
+    ("Dataset", {"counts": {"train": "many"}}, "counts.train"),
+    ("TrainingJob", {"progress": {"step": "three"}}, "progress.step"),
+    ("Evaluation", {"sampleCount": "many"}, "sampleCount"),
+])
+def test_a_result_that_does_not_fit_the_status_schema_fails_alike_on_both(
+    kind: str, details: dict[str, Any], where: str
+) -> None:
+    """The kind's typed status model checks a stage's result before it becomes status: a count that is not a
+    number fails the generation with InvalidResult naming the field, on the cluster and locally, instead of a
+    status patch the API server refuses on every retry."""
+    from kubeforge import kinds
+    from kubeforge.stage import StageResult
+
+    result = StageResult.model_validate({"succeeded": True, "details": details})
+    lifted = kinds.of(kind).lift(result, "file:///store/x", {})
+    assert lifted.problem.startswith("the stage's result does not fit status: ")
+    assert where in lifted.problem, lifted.problem
+    body = {"apiVersion": API, "kind": kind, "metadata": {"name": "x", "namespace": NS, "generation": 1},
+            "status": {}}
+    w = common.StatusWriter.for_body(body)
+    resource = type("R", (), {"kind": kind})()
+    assert stages.lift_workload(w, resource, result, "file:///store/x", {}) == lifted.problem  # type: ignore[arg-type]
+    assert not w.fields, "nothing of a refused result is written"
+
+
+def test_every_kind_has_one_meaning_in_the_registry() -> None:
+    """The registry covers the six kinds, each with its API model, typed status and main condition; the
+    bounded ones are what the operator registers with kopf (controllers/bounded.py)."""
+    from kubeforge import kinds
+    from kubeforge.api.v1alpha1 import KINDS
+
+    assert set(kinds.REGISTRY) == set(KINDS)
+    for name, meaning in kinds.REGISTRY.items():
+        assert meaning.model is KINDS[name] and meaning.name == name
+        assert meaning.status is KINDS[name].model_fields["status"].annotation.__args__[0]  # type: ignore[union-attr]
+    assert kinds.BOUNDED == ("Dataset", "TrainingJob", "RewardModel", "RLHFJob", "Evaluation")
+    assert [k for k, m in kinds.REGISTRY.items() if m.reports_progress] == ["TrainingJob", "RewardModel", "RLHFJob"]
+    assert kinds.of("ModelDeployment").main == "Ready"
+    with pytest.raises(KeyError, match="not a Kubeforge kind"):
+        kinds.of("Pod")
+
+
 def test_reference_into_another_namespace_needs_its_grant(api: FakeApi) -> None:
     """A tenant cannot make the operator read another namespace's objects unless that Namespace (which
     tenants cannot edit) grants it with kubeforge.io/allow-references-from."""

@@ -1,9 +1,9 @@
-"""kopf registrations of the five bounded kinds (one Job per generation), in one loop.
+"""kopf registrations of the bounded kinds (one Job per generation), in one loop over the kind registry.
 
-What each kind means lives below the controllers: its children in `builders/<kind>.py`, its status in
-`kinds.py` (shared with `kubeforge run`). A kind here is only wiring: a pass over the shared
-level-triggered reconcile (stages.py), the dependency index, and the watch-event handler that feeds the
-work queue.
+What each kind means lives below the controllers, in `kinds.py` (shared with `kubeforge run`): its model,
+stage, references, children (the pure builders) and status. A kind here is only wiring: a pass over the
+shared level-triggered reconcile (stages.py), the dependency index, and the watch-event handler that feeds
+the work queue.
 """
 
 from __future__ import annotations
@@ -12,35 +12,28 @@ from typing import Any
 
 import kopf
 
-from ..api.v1alpha1 import GROUP, KINDS, VERSION, conditions
-from ..builders import dataset, evaluation, rewardmodel, rlhfjob, trainingjob
+from .. import kinds
+from ..api.v1alpha1 import GROUP, VERSION
 from . import common, deps, stages
 
-CHILDREN: dict[str, stages.Builder] = {
-    "Dataset": dataset.get_children,
-    "TrainingJob": trainingjob.get_children,
-    "RewardModel": rewardmodel.get_children,
-    "RLHFJob": rlhfjob.get_children,
-    "Evaluation": evaluation.get_children,
-}
 
-
-def register(kind: str, builder: stages.Builder) -> None:
+def register(meaning: kinds.Kind) -> None:
     """Wire one bounded kind into kopf and the work queue."""
-    plural = KINDS[kind].PLURAL
+    plural = meaning.model.PLURAL
 
     async def reconcile(body: dict[str, Any], patch: kopf.Patch) -> None:
-        await stages.reconcile_stage(body, patch, builder=builder, lift=stages.lift_workload)
+        await stages.reconcile_stage(body, patch, meaning=meaning)
 
     async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
         """Metrics gauge, body cache; queue a pass when the object is new or changed, and its dependents
         when its Succeeded/Passed moved."""
-        await deps.on_object_event(body, type, conditions.SUCCEEDED, kwargs)
+        await deps.on_object_event(body, type, meaning.main, kwargs)
 
-    common.register(kind, reconcile)
+    common.register(meaning.name, reconcile)
     kopf.index(GROUP, VERSION, plural, id=plural + deps.INDEX_SUFFIX)(deps.index_dependencies)
     kopf.on.event(GROUP, VERSION, plural, id="track")(track)
 
 
-for _kind, _builder in CHILDREN.items():
-    register(_kind, _builder)
+for _meaning in kinds.REGISTRY.values():
+    if _meaning.bounded:
+        register(_meaning)

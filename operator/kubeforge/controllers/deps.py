@@ -49,7 +49,7 @@ class DependencyReport:
     """Outcome of resolving every reference of an object."""
 
     inputs: dict[str, ResolvedInput] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # "Kind/name not found (spec field)"
     pending: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     gate_pending: list[str] = field(default_factory=list)
@@ -64,7 +64,7 @@ class DependencyReport:
                     or self.not_granted)
 
     def waiting_message(self) -> str:
-        parts = [f"{r} not found" for r in self.missing] + self.pending
+        parts = self.missing + self.pending
         return "waiting for " + "; ".join(parts)
 
     def cycle_message(self) -> str:
@@ -215,9 +215,8 @@ async def resolve_dependencies(resource: KubeResource, store_root: str) -> Depen
     for dep, obj in zip(deps, objs, strict=True):
         gate = dep.key == "gate"
         if obj is None:
-            (report.gate_pending if gate else report.missing).append(
-                f"{dep.ref} not found" if gate else dep.ref
-            )
+            where = f" ({dep.field})" if dep.field else ""
+            (report.gate_pending if gate else report.missing).append(f"{dep.ref} not found{where}")
             continue
         mismatch = dataset_mismatch(resource, dep, obj)
         if mismatch:

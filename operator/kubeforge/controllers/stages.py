@@ -8,7 +8,6 @@ Succeeded=False, reason ChildRejected and the server's message; retrying the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from .. import kinds, metrics
 from ..api.v1alpha1 import KubeResource
 from ..api.v1alpha1.common import now_rfc3339
-from ..api.v1alpha1.conditions import DEPENDENCIES_READY, INPUTS_CHANGED
+from ..api.v1alpha1.conditions import DEPENDENCIES_READY, INPUTS_CHANGED, INVALID_RESULT
 from ..builders.common import (
     COMPLETION_INDEX_ANNOTATION,
     JOB_NAME_LABEL,
@@ -28,7 +27,6 @@ from ..builders.common import (
     child_name,
 )
 from ..builders.common import STAGE_CONTAINER as STAGE_CONTAINER_NAME
-from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageResult, output_uri, run_name, stage_name
 from . import kube, progress
 from .common import (
@@ -142,10 +140,6 @@ async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return job
 
 
-# Kinds whose stage reports training progress (steps, loss) while it runs: status.progress is live.
-PROGRESS_KINDS = ("TrainingJob", "RewardModel", "RLHFJob")
-
-
 class StaleChild(RuntimeError):
     """A child with the deterministic name belongs to an earlier object of the same name (deleted and
     re-created): it was deleted; the pass fails and the work queue retries after its backoff."""
@@ -195,22 +189,22 @@ async def create_children(children: list[dict[str, Any]]) -> bool:
     return created_job
 
 
-Builder = Callable[[Any, dict[str, ResolvedInput], OperatorSettings, int], list[dict[str, Any]]]
-Lifter = Callable[[StatusWriter, KubeResource, StageResult | None, str, dict[str, ResolvedInput]], None]
-
-
 # ---------------------------------------------------------------- bounded kinds
 
 
 def lift_workload(
     w: StatusWriter, resource: KubeResource, result: StageResult | None, out_uri: str,
     inputs: dict[str, ResolvedInput],
-) -> None:
-    """The status a finished stage leads to, from the meaning shared with the local runner (kinds.py)."""
-    lifted = kinds.lift(resource.kind, result, out_uri, inputs)
+) -> str:
+    """The status a finished stage leads to, from the meaning shared with the local runner (kinds.py);
+    returns why the result cannot be written as status (empty when it can)."""
+    lifted = kinds.of(resource.kind).lift(result, out_uri, inputs)
+    if lifted.problem:
+        return lifted.problem
     w.fields.update(lifted.fields)
     for ctype, status, reason, message in lifted.conditions:
         w.set(ctype, status, reason, message)
+    return ""
 
 
 def current_revision(body: dict[str, Any]) -> int:
@@ -249,10 +243,10 @@ async def rerun_for_moved_inputs(
     return why, report
 
 
-async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, lift: Lifter) -> None:
+async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, meaning: kinds.Kind) -> None:
     """One level-triggered pass for a bounded kind (run by a work-queue consumer through `run_pass`)."""
     body = plain(body_in)
-    kind = str(body["kind"])
+    kind = meaning.name
     async with measured(kind) as box:
         finished = settled(body)
         if finished and not may_rerun(body):
@@ -297,7 +291,7 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
         if job is None:
             # Usually new: create straight away (saves a GET); 409 means it exists after all (restart).
             try:
-                children = builder(resource, report.inputs, s, revision)
+                children = meaning.children(resource, report.inputs, s, revision)
             except ValueError as exc:
                 w.set(SUCCEEDED, "False", "InvalidSpec", str(exc))
                 box["outcome"] = "invalid"
@@ -334,7 +328,7 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
         state, job_reason, job_message = job_state(job)
         if state == "Running":
             w.set(SUCCEEDED, "Unknown", "Running", f"Job {job_name} is running")
-            if kind in PROGRESS_KINDS and (live := await progress.read_progress(job)) is not None:
+            if meaning.reports_progress and (live := await progress.read_progress(job)) is not None:
                 w.fields["progress"] = live
             box["outcome"] = "running"
             w.flush(patch)
@@ -343,19 +337,26 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, builder: Builder, 
         result, text = await read_result(job, s.test_hooks)
         seconds = workload_seconds(job)
         w.fields["completionTime"] = (job.get("status") or {}).get("completionTime") or now_rfc3339()
+        problem = ""
         if state == "Complete" and (result is None or result.succeeded):
             out = output_uri(resource, s.store_root, run_name(w.generation, revision))
-            lift(w, resource, result, out, report.inputs)
+            problem = lift_workload(w, resource, result, out, report.inputs)
+        if state == "Complete" and (result is None or result.succeeded) and not problem:
             reason = result.reason if result is not None else "Completed"
             message = (result.message if result is not None and result.message else f"Job {job_name} completed")
             w.set(SUCCEEDED, "True", reason or "Completed", message)
             outcome = "succeeded"
+        elif problem:
+            w.set(SUCCEEDED, "False", INVALID_RESULT, f"Job {job_name}: {problem}")
+            for ctype, status, why, message in meaning.failed_conditions():
+                w.set(ctype, status, why, message)
+            outcome = "failed"
         else:
             stage_failed = result is not None and not result.succeeded
             reason = result.reason if stage_failed and result is not None else job_reason
             detail = (result.message if stage_failed and result is not None else "") or text or job_message
             w.set(SUCCEEDED, "False", reason or "Failed", f"Job {job_name} failed: {detail}")
-            for ctype, status, why, message in kinds.failed_conditions(kind):
+            for ctype, status, why, message in meaning.failed_conditions():
                 w.set(ctype, status, why, message)
             outcome = "failed"
         if seconds is not None:

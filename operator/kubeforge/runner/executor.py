@@ -29,7 +29,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.text import Text
 
 from .. import heldout, kinds
-from ..api.v1alpha1.conditions import INPUTS_CHANGED
+from ..api.v1alpha1.conditions import INPUTS_CHANGED, INVALID_RESULT
 from ..stage import (
     ResolvedInput,
     StageConfig,
@@ -130,8 +130,8 @@ def status_from_result(
     kind: str, result: StageResult, inputs: dict[str, ResolvedInput], out_uri: str = ""
 ) -> dict[str, Any]:
     """Lift a StageResult into the kind's status fields: the operator's meaning (kinds.py) for bounded kinds."""
-    if kind in kinds.BOUNDED:
-        return {k: v for k, v in kinds.lift(kind, result, out_uri, inputs).fields.items() if v is not None}
+    if kinds.of(kind).bounded:
+        return kinds.lift(kind, result, out_uri, inputs).fields
     out: dict[str, Any] = {}
     details = dict(result.details or {})
     for k in ("modelRepository", "conversion", "quantization", "servedVersion"):
@@ -425,12 +425,21 @@ class Runner:
                 succeeded=False, reason="StageCrashed", message=f"exit code {code} without a result; {tail}"
             )
         state.pid = None
-        lifted = status_from_result(node.resource.kind, result, self.inputs[node.key], run.config.output_uri)
-        keep = {k: v for k, v in state.status.items() if k in ("conditions", "observedGeneration", "startTime")}
-        state.status = {**keep, **lifted, "completionTime": _now()}
-        if result.progress is not None and node.resource.kind not in ("Dataset", "Evaluation", "ModelDeployment"):
-            state.status["progress"] = result.progress.to_wire()
+        meaning = kinds.of(node.resource.kind)
         ok = result.succeeded and code == 0
+        extra: list[kinds.Condition] = []
+        if meaning.bounded:  # the operator's meaning (kinds.py): same fields, conditions and refusal
+            lifted = meaning.lift(result, run.config.output_uri, self.inputs[node.key])
+            fields = lifted.fields
+            if ok and lifted.problem:
+                ok = False
+                result = result.model_copy(update={"succeeded": False, "reason": INVALID_RESULT,
+                                                   "message": lifted.problem})
+            extra = lifted.conditions if ok else meaning.failed_conditions()
+        else:
+            fields = status_from_result(node.resource.kind, result, self.inputs[node.key], run.config.output_uri)
+        keep = {k: v for k, v in state.status.items() if k in ("conditions", "observedGeneration", "startTime")}
+        state.status = {**keep, **fields, "completionTime": _now()}
         if node.resource.kind == "ModelDeployment":
             state.set_condition("Succeeded", "True" if ok else "False", result.reason, result.message)
             state.set_condition(
@@ -439,11 +448,8 @@ class Runner:
             )
         else:
             self._set_main(state, "True" if ok else "False", result.reason, result.message)
-        if node.resource.kind in kinds.BOUNDED:
-            extra = kinds.lift(node.resource.kind, result, run.config.output_uri, {}).conditions if ok else \
-                kinds.failed_conditions(node.resource.kind)
-            for ctype, status, reason, message in extra:
-                state.set_condition(ctype, status, reason, message)
+        for ctype, status, reason, message in extra:
+            state.set_condition(ctype, status, reason, message)
         state.event("Succeeded" if ok else "Failed", f"{result.message} ({elapsed:.0f}s)".strip(), warning=not ok)
         self._finish(node, state, Outcome.SUCCEEDED if ok else Outcome.FAILED)
         if run.task is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -1172,6 +1172,29 @@ class WorkloadStatus(CommonStatus):
     metrics: dict[str, float] | None = Field(default=None, description="Final metrics reported by the stage.")
 
 
+class SpecReference(NamedTuple):
+    """One reference in a spec to another Kubeforge object: the input key the stage reads it under (or `gate`),
+    the target, and the field that holds it (for messages that tell the user what to fix)."""
+
+    key: str
+    kind: str
+    name: str
+    namespace: str | None
+    field: str
+
+
+def model_reference(source: ModelSource, key: str, field: str) -> list[SpecReference]:
+    """The producing object a ModelSource names, if it names one (not a uri or an architecture)."""
+    if source.ref is None:
+        return []
+    return [SpecReference(key, str(source.ref.kind), source.ref.name, source.ref.namespace, f"{field}.ref")]
+
+
+def dataset_reference(source: DatasetInput | None, key: str, field: str) -> list[SpecReference]:
+    """The Dataset a DatasetInput names."""
+    return [] if source is None else [SpecReference(key, "Dataset", source.name, source.namespace, field)]
+
+
 class KubeResource(KubeModel):
     """Top-level object: apiVersion, kind, metadata, spec, status."""
 
@@ -1212,6 +1235,18 @@ class KubeResource(KubeModel):
     def namespace(self) -> str:
         """metadata.namespace, defaulting to `default`."""
         return str(self.metadata.get("namespace") or "default")
+
+    def stage(self) -> str:
+        """The stage that runs this object (trainer or serving image), e.g. `prepare`, `sft`, `convert`."""
+        raise NotImplementedError(f"{self.kind} runs no stage")
+
+    def references(self) -> list[SpecReference]:
+        """Every reference of the spec to another object, inputs first and gate Evaluations last."""
+        return []
+
+    def uri_inputs(self) -> dict[str, str]:
+        """Inputs the spec gives as plain URIs (no producing object), by input key."""
+        return {}
 
 
 def bounded_printer_columns(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

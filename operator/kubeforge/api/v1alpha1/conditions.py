@@ -57,6 +57,8 @@ NO_RESULT = "NoResult"
 """The stage left no result (termination message)."""
 STAGE_CRASHED = "StageCrashed"
 """The stage process exited without a result."""
+INVALID_RESULT = "InvalidResult"
+"""Succeeded=False: the stage's result does not fit the kind's status schema (the message names the fields)."""
 GATE_FAILED = "GateFailed"
 """ModelDeployment: the gating Evaluation did not pass."""
 GATE_PENDING = "GatePending"
@@ -73,7 +75,7 @@ SERVING = "Serving"
 WARNING_REASONS = frozenset({
     INVALID_SPEC, DEPENDENCY_FAILED, INCOMPATIBLE_DATASET, GATE_FAILED, "BackoffLimitExceeded",
     "DeadlineExceeded", "Failed", CONVERSION_FAILED, THRESHOLDS_FAILED, NO_RESULT, CHILD_REJECTED,
-    STAGE_CRASHED, EVALUATION_FAILED, REFERENCE_NOT_GRANTED,
+    STAGE_CRASHED, EVALUATION_FAILED, REFERENCE_NOT_GRANTED, INVALID_RESULT,
 })
 """Reasons posted as Warning Events."""
 RECOVERABLE = frozenset({DEPENDENCY_FAILED, INCOMPATIBLE_DATASET, REFERENCE_NOT_GRANTED})

@@ -13,6 +13,7 @@ from .common import (
     KubeModel,
     KubeResource,
     Name,
+    SpecReference,
     StorageLocation,
     bounded_printer_columns,
     cel,
@@ -389,3 +390,13 @@ class Dataset(KubeResource):
     kind: Literal["Dataset"] = Field(default="Dataset", description="Dataset.")
     spec: DatasetSpec = Field(description="Desired state.")
     status: DatasetStatus | None = Field(default=None, description="Observed state (set by the operator).")
+
+
+    def stage(self) -> str:
+        return "prepare"
+
+    def references(self) -> list[SpecReference]:
+        parent = self.spec.source.from_dataset
+        if parent is None:
+            return []
+        return [SpecReference("parentDataset", "Dataset", parent.name, None, "spec.source.fromDataset")]

@@ -12,13 +12,17 @@ from .common import (
     DatasetInput,
     KubeModel,
     KubeResource,
+    LineageEntry,
     ModelSource,
     Name,
     Resources,
+    SpecReference,
     StorageLocation,
     TokenizerSource,
     bounded_printer_columns,
     cel,
+    dataset_reference,
+    model_reference,
     rerun_on_input_change_field,
 )
 from .dataset import DatasetTask
@@ -539,6 +543,9 @@ class EvaluationStatus(CommonStatus):
     sample_count: int | None = Field(default=None, description="Records evaluated.")
     report_uri: str | None = Field(default=None, description="Where the JSON report and per-sample results are.")
     failed_thresholds: list[str] | None = Field(default=None, description="Thresholds that did not hold.")
+    lineage: list[LineageEntry] | None = Field(
+        default=None, description="The model and data evaluated (a gate compares it with the model to serve)."
+    )
 
 
 class Evaluation(KubeResource):
@@ -558,3 +565,14 @@ class Evaluation(KubeResource):
     kind: Literal["Evaluation"] = Field(default="Evaluation", description="Evaluation.")
     spec: EvaluationSpec = Field(description="Desired state.")
     status: EvaluationStatus | None = Field(default=None, description="Observed state (set by the operator).")
+
+
+    def stage(self) -> str:
+        return "evaluate"
+
+    def references(self) -> list[SpecReference]:
+        return [*dataset_reference(self.spec.dataset, "dataset", "spec.dataset"),
+                *model_reference(self.spec.model, "model", "spec.model")]
+
+    def uri_inputs(self) -> dict[str, str]:
+        return {"model": self.spec.model.uri} if self.spec.model.uri is not None else {}

@@ -15,9 +15,12 @@ from .common import (
     ModelSource,
     Name,
     Resources,
+    SpecReference,
     StorageLocation,
     TokenizerSource,
     cel,
+    dataset_reference,
+    model_reference,
     rerun_on_input_change_field,
 )
 
@@ -284,3 +287,17 @@ class ModelDeployment(KubeResource):
     kind: Literal["ModelDeployment"] = Field(default="ModelDeployment", description="ModelDeployment.")
     spec: ModelDeploymentSpec = Field(description="Desired state.")
     status: ModelDeploymentStatus | None = Field(default=None, description="Observed state (set by the operator).")
+
+
+    def stage(self) -> str:
+        return "convert"
+
+    def references(self) -> list[SpecReference]:
+        out = model_reference(self.spec.model, "model", "spec.model")
+        out += dataset_reference(self.spec.quantization.calibration, "calibration", "spec.quantization.calibration")
+        out += [SpecReference("gate", "Evaluation", ev, None, f"spec.gate.evaluations[{i}]")
+                for i, ev in enumerate(self.spec.gate.evaluations)]
+        return out
+
+    def uri_inputs(self) -> dict[str, str]:
+        return {"model": self.spec.model.uri} if self.spec.model.uri is not None else {}

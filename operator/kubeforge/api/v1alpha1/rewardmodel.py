@@ -20,6 +20,7 @@ from .common import (
     Peft,
     Precision,
     Resources,
+    SpecReference,
     StorageLocation,
     TokenizerSource,
     WorkloadStatus,
@@ -27,6 +28,8 @@ from .common import (
     cel,
     check_qlora_gpu,
     check_tp_full_training,
+    dataset_reference,
+    model_reference,
     rerun_on_input_change_field,
 )
 
@@ -94,3 +97,14 @@ class RewardModel(KubeResource):
     kind: Literal["RewardModel"] = Field(default="RewardModel", description="RewardModel.")
     spec: RewardModelSpec = Field(description="Desired state.")
     status: WorkloadStatus | None = Field(default=None, description="Observed state (set by the operator).")
+
+
+    def stage(self) -> str:
+        return "reward"
+
+    def references(self) -> list[SpecReference]:
+        return [*dataset_reference(self.spec.dataset, "dataset", "spec.dataset"),
+                *model_reference(self.spec.model, "model", "spec.model")]
+
+    def uri_inputs(self) -> dict[str, str]:
+        return {"model": self.spec.model.uri} if self.spec.model.uri is not None else {}

@@ -23,6 +23,7 @@ from .common import (
     Peft,
     Precision,
     Resources,
+    SpecReference,
     StorageLocation,
     TokenizerSource,
     WorkloadStatus,
@@ -30,6 +31,8 @@ from .common import (
     cel,
     check_qlora_gpu,
     check_tp_full_training,
+    dataset_reference,
+    model_reference,
     rerun_on_input_change_field,
 )
 
@@ -208,3 +211,22 @@ class RLHFJob(KubeResource):
     kind: Literal["RLHFJob"] = Field(default="RLHFJob", description="RLHFJob.")
     spec: RLHFJobSpec = Field(description="Desired state.")
     status: WorkloadStatus | None = Field(default=None, description="Observed state (set by the operator).")
+
+
+    def stage(self) -> str:
+        return "rlhf"
+
+    def references(self) -> list[SpecReference]:
+        out = [*dataset_reference(self.spec.dataset, "dataset", "spec.dataset"),
+               *model_reference(self.spec.policy, "model", "spec.policy")]
+        reward = self.spec.reward
+        if reward is not None and reward.model is not None:
+            out.append(SpecReference("rewardModel", "RewardModel", reward.model.name, reward.model.namespace,
+                                     "spec.reward.model"))
+        return out
+
+    def uri_inputs(self) -> dict[str, str]:
+        out = {"model": self.spec.policy.uri} if self.spec.policy.uri is not None else {}
+        if self.spec.reward is not None and self.spec.reward.uri is not None:
+            out["rewardModel"] = self.spec.reward.uri
+        return out
