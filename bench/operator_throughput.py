@@ -160,11 +160,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[idx]
 
 
+def wait_for_earlier_namespaces(core: Any, limit_s: float = 600) -> float:
+    """Wait until the namespaces of earlier runs are gone: their garbage collection (1,000 Jobs, pods and
+    the controllers' refused Events) would load the API server during this run and bias a before/after
+    comparison against whichever runs second. Returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        left = [n.metadata.name for n in core.list_namespace().items if n.metadata.name.startswith("kf-bench-")]
+        if not left:
+            break
+        time.sleep(2)
+    return time.monotonic() - start
+
+
 def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart: bool = False) -> dict[str, Any]:
     from kubernetes import client, config
 
     config.load_kube_config(config_file=kcfg)
     core, custom, batch = client.CoreV1Api(), client.CustomObjectsApi(), client.BatchV1Api()
+    waited = wait_for_earlier_namespaces(core)
     ns = f"kf-bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     for _ in range(120):
@@ -243,6 +257,10 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
             for t in tjs if f"{t['metadata']['name']}-sft-g1" in job_ts
         ]
         extra = sorted(set(job_times(batch, ns)) - want)
+        events: dict[str, int] = {}
+        for ev in core.list_namespaced_event(ns).items:  # who posts how many (count: repeats folded in)
+            who = ev.reporting_component or (ev.source.component if ev.source else "") or "?"
+            events[f"{who} {ev.reason}"] = events.get(f"{who} {ev.reason}", 0) + int(ev.count or 1)
     finally:
         stop_operator(proc)
         log.close()
@@ -254,6 +272,8 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         "duplicate_or_extra_jobs": len(extra),
         "api_requests_per_object": round(requests / n, 1),
         "api_requests_per_object_by_verb": {k: round(v / n, 2) for k, v in sorted(by_request.items())},
+        "events_per_object": {k: round(v / n, 2) for k, v in sorted(events.items())},
+        "waited_for_earlier_namespaces_s": round(waited, 1),
         "create_seconds": round(t_created, 2),
         "total_seconds": round(total, 2),
         # Watch timing when the watch saw every Job, else the server-side timestamps.

@@ -89,12 +89,26 @@ def _rv(body: dict[str, Any] | None) -> int:
         return -1
 
 
+def slim(body: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a body: no managedFields (often the largest part of metadata), and of a Job or
+    Deployment only what a pass reads (metadata, status, a Deployment's replicas), not the pod template."""
+    meta = body.get("metadata") or {}
+    out = dict(body)
+    if "managedFields" in meta:
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    if body.get("kind") == "Job":
+        out.pop("spec", None)
+    elif body.get("kind") == "Deployment":
+        out["spec"] = {"replicas": (body.get("spec") or {}).get("replicas", 1)}
+    return out
+
+
 def remember(body: dict[str, Any]) -> None:
-    """Cache a body unless a newer one is already cached (etcd revisions only grow)."""
+    """Cache a body (slimmed) unless a newer one is already cached (etcd revisions only grow)."""
     key = key_of(body)
     bodies = current().bodies
     if _rv(body) >= _rv(bodies.get(key)):
-        bodies[key] = body
+        bodies[key] = slim(body)
 
 
 def forget(kind: str, namespace: str, name: str) -> None:
