@@ -1,6 +1,6 @@
 """The contract between the control plane and the stage containers.
 
-One code path renders what a stage runs: the operator puts `StageConfig` into a ConfigMap and
+One code path renders what a stage runs: the operator puts `StageConfig` into the pod (a downwardAPI file) and
 `stage_command()` into the pod; the local runner writes the same config to a file and runs the same
 command as a subprocess. Stages write `StageResult` to `resultPath` (and a compact copy to the
 termination message) and `Progress` JSON to `progressPath` while they run.
@@ -86,7 +86,7 @@ class StageConfig(KubeModel):
         return KINDS[self.resource["kind"]].model_validate(self.resource)
 
     def dump(self) -> str:
-        """Deterministic JSON (the ConfigMap data and the local config file are byte-identical).
+        """Deterministic JSON (the pod's config file and the local config file are byte-identical).
 
         JSON, not YAML: it is a YAML document too (the file keeps its `config.yaml` name), and the C encoder
         renders it in a fraction of the CPU PyYAML's pure-Python representer took on the operator's event

@@ -167,7 +167,7 @@ NEEDED = [
     ("patch", "trainingjobs", "kubeforge.io", "status"), ("patch", "modeldeployments", "kubeforge.io", "status"),
     ("patch", "evaluations", "kubeforge.io", "status"), ("list", "datasets", "kubeforge.io", ""),
     ("update", "rlhfjobs", "kubeforge.io", "finalizers"),
-    ("create", "configmaps", "", ""), ("create", "services", "", ""), ("patch", "services", "", ""),
+    ("create", "services", "", ""), ("patch", "services", "", ""),
     ("list", "pods", "", ""), ("create", "events", "", ""), ("create", "deployments", "apps", ""),
     ("patch", "deployments", "apps", ""), ("delete", "deployments", "apps", ""),
     ("watch", "deployments", "apps", ""), ("list", "deployments", "apps", ""),
@@ -189,6 +189,7 @@ FORBIDDEN = [
     ("create", "trainingjobs", "kubeforge.io", ""), ("delete", "modeldeployments", "kubeforge.io", ""),
     ("update", "trainingjobs", "kubeforge.io", ""), ("update", "configmaps", "", ""),
     ("delete", "configmaps", "", ""), ("get", "configmaps", "", ""), ("get", "pods", "", "log"),
+    ("create", "configmaps", "", ""),  # stage configs travel in the pod (downwardAPI), no ConfigMap
     ("create", "persistentvolumes", "", ""), ("create", "mutatingwebhookconfigurations",
                                               "admissionregistration.k8s.io", ""),
 ]

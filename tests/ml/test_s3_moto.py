@@ -22,9 +22,9 @@ from typing import Any
 import boto3
 import pytest
 import s3fs
-import yaml
 from kubeforge.api.v1alpha1 import Dataset
 from kubeforge.builders import dataset as dataset_builder
+from kubeforge.builders.common import stage_file
 from kubeforge.settings import OperatorSettings
 from kubeforge.stage import CONFIG_FILE, StageConfig
 from kubeforge_trainer import dataio
@@ -73,14 +73,13 @@ def bucket(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
 def pod_of(ds: Dataset) -> tuple[StageConfig, list[str], dict[str, str]]:
     """The Dataset Job's config.yaml, command and env as the operator renders them (secretKeyRefs from SECRET)."""
     children = dataset_builder.get_children(ds, {}, OperatorSettings())
-    config_map = next(c for c in children if c["kind"] == "ConfigMap")
     job = next(c for c in children if c["kind"] == "Job")
     container = job["spec"]["template"]["spec"]["containers"][0]
     env: dict[str, str] = {}
     for var in container["env"]:
         ref: dict[str, Any] | None = var.get("valueFrom", {}).get("secretKeyRef")
         env[var["name"]] = SECRET[ref["key"]] if ref else var["value"]
-    config = StageConfig.model_validate(yaml.safe_load(config_map["data"][CONFIG_FILE]))
+    config = StageConfig.model_validate_json(stage_file(job, CONFIG_FILE))
     return config, list(container["command"]), env
 
 

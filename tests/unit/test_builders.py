@@ -188,7 +188,7 @@ def test_split_replicas(total: int, weight: int, expected: tuple[int, int]) -> N
 def test_multinode_deepspeed_job() -> None:
     tj = _pipeline()["base-lm"]
     assert isinstance(tj, TrainingJob)
-    cm, svc, job = trainingjob.get_children(tj, _inputs(tj), SETTINGS)
+    svc, job = trainingjob.get_children(tj, _inputs(tj), SETTINGS)
     assert job["metadata"]["name"] == "base-lm-pretrain-g3"
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
@@ -198,7 +198,7 @@ def test_multinode_deepspeed_job() -> None:
     assert pod["subdomain"] == svc["metadata"]["name"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     container = pod["containers"][0]
-    config = StageConfig.model_validate(yaml.safe_load(cm["data"][CONFIG_FILE]))
+    config = StageConfig.model_validate_json(common.stage_file(job, CONFIG_FILE))
     assert container["command"] == [
         "torchrun", "--nnodes", "2", "--nproc-per-node", "8", "--node-rank", "$(NODE_RANK)",
         "--master-addr", "base-lm-pretrain-g3-0.base-lm-pretrain-g3", "--master-port", "29500",
@@ -209,7 +209,8 @@ def test_multinode_deepspeed_job() -> None:
     assert env["MASTER_ADDR"]["value"] == "base-lm-pretrain-g3-0.base-lm-pretrain-g3"
     assert "valueFrom" in env["NODE_RANK"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    ds = json.loads(cm["data"]["deepspeed.json"])
+    ds = json.loads(common.stage_file(job, "deepspeed.json"))
+    assert {"name": "KUBEFORGE_DEEPSPEED_CONFIG", "value": "/etc/kubeforge/deepspeed.json"} in container["env"]
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
     assert ds == deepspeed.get_deepspeed_config(tj.spec)
 
@@ -226,13 +227,19 @@ def test_deepspeed_config_offload_stage3() -> None:
     assert cfg["fp16"]["enabled"] is True and cfg["bf16"]["enabled"] is False
 
 
-def test_config_map_is_shared_stage_config() -> None:
-    """The ConfigMap holds exactly what the local runner would write (same renderer)."""
+def test_pod_carries_the_shared_stage_config() -> None:
+    """The Job's pods mount exactly what the local runner would write (same renderer), from their own
+    annotations through a downwardAPI volume: no ConfigMap to create."""
     tj = _pipeline()["chat-sft"]
     inputs = _inputs(tj)
-    cm, job = trainingjob.get_children(tj, inputs, SETTINGS)
+    (job,) = trainingjob.get_children(tj, inputs, SETTINGS)
     expected = trainingjob.get_stage_config(tj, inputs, SETTINGS)
-    assert cm["data"][CONFIG_FILE] == expected.dump()
+    assert common.stage_file(job, CONFIG_FILE) == expected.dump()
+    pod = job["spec"]["template"]["spec"]
+    config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert config_volume["downwardAPI"]["items"] == [{"path": CONFIG_FILE, "fieldRef": {
+        "fieldPath": f"metadata.annotations['{common.STAGE_FILE_ANNOTATION_PREFIX}{CONFIG_FILE}']"}}]
+    assert {"name": "config", "mountPath": "/etc/kubeforge", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == stage_command(expected)
     assert job["metadata"]["annotations"][common.CONFIG_DIGEST_ANNOTATION] == expected.digest()
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-trainingjob-chat-sft"

@@ -15,6 +15,7 @@ import kopf
 import pytest
 import yaml
 from kubeforge import controllers, stage
+from kubeforge.builders.common import stage_file
 from kubeforge.controllers import common, kube, resync, stages, state, workers
 
 NS = "ml"
@@ -610,7 +611,7 @@ def _finish(api: FakeApi, kind: str, name: str, artifact: dict[str, Any] | None 
 
 
 def _config(job_child: dict[str, Any]) -> dict[str, Any]:
-    return dict(json.loads(job_child["data"]["config.yaml"]))
+    return dict(json.loads(stage_file(job_child)))
 
 
 def test_a_moved_input_reruns_a_finished_object_into_its_own_folder(api: FakeApi) -> None:
@@ -622,7 +623,7 @@ def test_a_moved_input_reruns_a_finished_object_into_its_own_folder(api: FakeApi
     for name in ("t", "keep"):
         asyncio.run(api.passes("TrainingJob", name))
         _finish(api, "TrainingJob", name)
-    first = [c for c in api.created if c["kind"] == "ConfigMap"]
+    first = [c for c in api.created if c["kind"] == "Job"]
     assert [_config(c)["outputUri"].rsplit("/", 2)[1:] for c in first] == [["t", "g1"], ["keep", "g1"]]
     api.created.clear()
     writes = api.status_writes
@@ -636,7 +637,7 @@ def test_a_moved_input_reruns_a_finished_object_into_its_own_folder(api: FakeApi
     job = next(c for c in api.created if c["kind"] == "Job")
     assert job["metadata"]["name"] == "t-sft-g1-r1"
     assert job["metadata"]["labels"]["kubeforge.io/input-revision"] == "1"
-    cfg = _config(next(c for c in api.created if c["kind"] == "ConfigMap"))
+    cfg = _config(job)
     assert cfg["outputUri"].endswith("/ml/trainingjob/t/g1-r1") and cfg["inputs"]["dataset"]["digest"] == "sha256:two"
     status = api.objects[("TrainingJob", NS, "t")]["status"]
     assert status["inputRevision"] == 1 and status["jobName"] == "t-sft-g1-r1"

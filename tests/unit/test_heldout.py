@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeforge.api.v1alpha1 import ModelDeployment
+from kubeforge.builders.common import stage_file
 from kubeforge.controllers import common
 from kubeforge.heldout import (
     HeldOutSource,
@@ -103,7 +104,6 @@ def test_runner_lifts_quantization_into_status() -> None:
 def test_operator_adds_held_out_input_to_the_conversion_config(api: Any) -> None:
     import asyncio
 
-    import yaml
 
     ds = api.put("Dataset", "ds", {"task": "text", "source": {"uris": ["s3://raw/x.jsonl"]}}, conditions=succeeded())
     ds["status"].update(artifactUri="pvc://a/ds", digest="sha256:ds")
@@ -115,8 +115,8 @@ def test_operator_adds_held_out_input_to_the_conversion_config(api: Any) -> None
     api.put("ModelDeployment", "serve", {"model": {"ref": {"kind": "TrainingJob", "name": "sft"}},
                                          "quantization": {"mode": "int8-weight-only"}})
     asyncio.run(api.passes("ModelDeployment", "serve"))
-    cm = next(c for c in api.created if c["kind"] == "ConfigMap")
-    cfg = StageConfig.model_validate(yaml.safe_load(next(iter(cm["data"].values()))))
+    job = next(c for c in api.created if c["kind"] == "Job")
+    cfg = StageConfig.model_validate_json(stage_file(job))
     held = cfg.inputs["heldOut"]
     assert (held.name, held.uri, held.digest, held.split) == ("ds", "pvc://a/ds", "sha256:ds", None)
     lineage = api.objects[("ModelDeployment", "ml", "serve")]["status"]["lineage"]

@@ -337,7 +337,8 @@ BUILDERS = {
 # What a pod spec rendered by the operator may contain, at most.
 POD_KEYS = {"restartPolicy", "subdomain", "nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
             "priorityClassName", "containers", "volumes", "automountServiceAccountToken", "securityContext"}
-SAFE_VOLUMES = {"configMap", "emptyDir", "persistentVolumeClaim", "projected"}
+# downwardAPI: the stage config volume the operator renders itself (the pod's own annotations, nothing else).
+SAFE_VOLUMES = {"configMap", "downwardAPI", "emptyDir", "persistentVolumeClaim", "projected"}
 IMAGES = {SETTINGS.trainer_image, SETTINGS.serving_image, SETTINGS.triton_image}
 
 

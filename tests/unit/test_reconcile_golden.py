@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeforge.builders.common import stage_file
 from kubeforge.controllers import common, kube
 from test_controllers import FakeApi, api  # noqa: F401  (api: the fixture)
 
@@ -65,11 +66,10 @@ def _child(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     out: dict[str, Any] = {"kind": manifest["kind"], "name": meta["name"], "labels": meta.get("labels") or {},
                            "owner": [r["uid"] for r in meta.get("ownerReferences") or []]}
-    if manifest["kind"] == "ConfigMap" and "config.yaml" in manifest.get("data", {}):
-        cfg = json.loads(manifest["data"]["config.yaml"])
+    if manifest["kind"] == "Job":
+        cfg = json.loads(stage_file(manifest))
         out["config"] = {"outputUri": cfg["outputUri"],
                          "inputs": {k: [v["uri"], v.get("digest")] for k, v in sorted(cfg["inputs"].items())}}
-    if manifest["kind"] == "Job":
         out["command"] = manifest["spec"]["template"]["spec"]["containers"][0]["command"]
     return out
 

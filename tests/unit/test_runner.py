@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeforge.builders.common import stage_file
 from kubeforge.cli import app
 from kubeforge.manifests import ManifestError
 from kubeforge.runner.executor import Runner, RunOptions, status_from_result
@@ -579,9 +580,8 @@ def test_local_stage_equals_pod(tmp_path: Path, fake_stage: Path) -> None:
         module = getattr(builders, node.resource.kind.lower())
         build = module.get_conversion_children if node.resource.kind == "ModelDeployment" else module.get_children
         children = build(node.resource, runner.inputs[node.key], settings)
-        cm = next(c for c in children if c["kind"] == "ConfigMap")
         job = next(c for c in children if c["kind"] == "Job")
-        assert cm["data"]["config.yaml"] == local_cfg, node.ref
+        assert stage_file(job) == local_cfg, node.ref
         pod_cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
         local_cmd = runner_command(StageConfig.load(store.config_path(node.key)), str(store.config_path(node.key)))
         assert pod_cmd[:-1] == local_cmd[:-1], node.ref

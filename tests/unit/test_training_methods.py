@@ -5,12 +5,12 @@ distributed options."""
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubeforge.api.v1alpha1 import RewardModel, TrainingJob
 from kubeforge.api.v1alpha1.trainingjob import dataset_task_problem
 from kubeforge.builders import common as builders_common
@@ -231,15 +231,14 @@ def test_reward_model_takes_the_training_distributed_options() -> None:
     settings = OperatorSettings()
     children = rm_builder.get_children(_rm({"strategy": "ddp", "nodes": 2, "processesPerNode": 2}), {}, settings)
     kinds = [c["kind"] for c in children]
-    assert kinds == ["ConfigMap", "Service", "Job"], kinds
+    assert kinds == ["Service", "Job"], kinds
     job = children[-1]
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
     cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[0] == "torchrun" and "reward" in cmd
 
     children = rm_builder.get_children(_rm({"strategy": "deepspeed", "zeroStage": 3}), {}, settings)
-    data = children[0]["data"]
-    assert builders_common.DEEPSPEED_FILE in data
-    assert yaml.safe_load(data[builders_common.DEEPSPEED_FILE])["zero_optimization"]["stage"] == 3
+    ds = json.loads(builders_common.stage_file(children[-1], builders_common.DEEPSPEED_FILE))
+    assert ds["zero_optimization"]["stage"] == 3
     with pytest.raises(ValueError, match="offloadParams needs zeroStage 3"):
         _rm({"strategy": "deepspeed", "zeroStage": 2, "offloadParams": True})

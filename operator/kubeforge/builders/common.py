@@ -1,4 +1,4 @@
-"""Pure manifest builders shared by every kind: names, labels, pods, Jobs, ConfigMaps, Services.
+"""Pure manifest builders shared by every kind: names, labels, pods, Jobs (their config in the pod), Services.
 
 Builders take validated models and return plain dicts (what `kubectl apply` would send); they never
 talk to the API server, so golden-file tests pin their output exactly.
@@ -44,6 +44,8 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # JSON object of annotations copied onto the pod template (e.g. sidecar or test-harness annotations).
 POD_ANNOTATIONS_ANNOTATION = "kubeforge.io/pod-annotations"
 CONFIG_DIGEST_ANNOTATION = "kubeforge.io/config-digest"
+# Pod annotations that carry the stage's files (config.yaml, deepspeed.json), mounted by a downwardAPI volume.
+STAGE_FILE_ANNOTATION_PREFIX = "stage.kubeforge.io/"
 # Local disk (the /tmp emptyDir: Hugging Face cache, Triton's S3 downloads) of a pod without
 # resources.ephemeralStorage.
 DEFAULT_EPHEMERAL_STORAGE = "20Gi"
@@ -395,14 +397,23 @@ def torchrun_command(config: StageConfig, dist: Distributed, master_addr: str) -
     ]
 
 
-def get_config_map(resource: KubeResource, name: str, labels: dict[str, str], data: dict[str, str]) -> Manifest:
-    """ConfigMap carrying the stage config (and the DeepSpeed JSON)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": get_metadata(resource, name, labels),
-        "data": dict(sorted(data.items())),
-    }
+def config_volume(files: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The stage's files carried by the pod itself: (pod annotations, downwardAPI volume) that mounts each
+    annotation as a file under CONFIG_MOUNT.
+
+    No ConfigMap to create (one API write per stage, and one object per run, fewer), nothing another object
+    of the same name could have left behind, and the config cannot change under a running pod (annotations
+    of a Job's pod template are immutable). The pod's annotations hold at most 256 KiB in all; a larger
+    config is refused by the API server at the Job's creation (ChildRejected, naming the limit)."""
+    annotations = {STAGE_FILE_ANNOTATION_PREFIX + name: text for name, text in sorted(files.items())}
+    items = [{"path": name, "fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
+             for name, key in ((n, STAGE_FILE_ANNOTATION_PREFIX + n) for n in sorted(files))]
+    return annotations, {"name": "config", "downwardAPI": {"items": items}}
+
+
+def stage_file(job: Manifest, name: str = CONFIG_FILE) -> str:
+    """A file the Job's pods mount from their annotations (`config_volume`), as the stage reads it."""
+    return str(job["spec"]["template"]["metadata"]["annotations"][STAGE_FILE_ANNOTATION_PREFIX + name])
 
 
 def get_headless_service(resource: KubeResource, job_name: str, labels: dict[str, str]) -> Manifest:
@@ -440,9 +451,10 @@ def get_stage_workload(
     deepspeed: dict[str, Any] | None = None,
     revision: int = 0,
 ) -> list[Manifest]:
-    """ConfigMap + (headless Service) + batch/v1 Job running one stage; ordered for creation.
+    """(headless Service +) batch/v1 Job running one stage; ordered for creation.
 
-    The ConfigMap's `config.yaml` is `StageConfig.dump()` and the command is `stage_command(config)`,
+    The pod's `config.yaml` (a downwardAPI file of its annotation) is `StageConfig.dump()` and the command is
+    `stage_command(config)`,
     the very functions the local runner uses, so a local run and a cluster run execute the same thing.
     """
     gen = _generation(resource)
@@ -454,11 +466,8 @@ def get_stage_workload(
     distributed_run = is_distributed(distributed)
     if deepspeed is not None:
         data[DEEPSPEED_FILE] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
-    # The ConfigMap's name carries the owner's UID: an object deleted and re-created under the same name
-    # never mounts the old object's config (the operator may not read ConfigMaps to check their owner).
-    uid = str(resource.metadata.get("uid") or "")
-    config_name = f"{name}-{uid[:8]}" if uid else name
-    children: list[Manifest] = [get_config_map(resource, config_name, labels, data)]
+    file_annotations, config_files = config_volume(data)
+    children: list[Manifest] = []
 
     storage = get_storage(config.to_wire(), settings, output)
     env: list[dict[str, Any]] = [
@@ -496,7 +505,7 @@ def get_stage_workload(
         pod_extra = {"subdomain": svc}
 
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_name}},
+        config_files,
         scratch_volume(resources),
         *storage.volumes,
     ]
@@ -541,7 +550,7 @@ def get_stage_workload(
     if resources.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = resources.queue_name
     template_meta = pod_template_metadata(
-        resource, resources, settings, labels, metrics_annotations(config.metrics_port)
+        resource, resources, settings, labels, {**metrics_annotations(config.metrics_port), **file_annotations}
     )
     job: Manifest = {
         "apiVersion": "batch/v1",

@@ -1,4 +1,4 @@
-"""Dataset → ConfigMap + Job running the `prepare` stage."""
+"""Dataset → Job running the `prepare` stage."""
 
 from __future__ import annotations
 

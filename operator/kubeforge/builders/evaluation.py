@@ -1,4 +1,4 @@
-"""Evaluation → ConfigMap + Job running the `evaluate` stage."""
+"""Evaluation → Job running the `evaluate` stage."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def get_stage_config(
 def get_conversion_children(
     resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> list[Manifest]:
-    """ConfigMap + Job running the conversion in the serving image."""
+    """The Job running the conversion in the serving image (its config in the pod: common.config_volume)."""
     spec = resource.spec
     return get_stage_workload(
         resource,

@@ -1,4 +1,4 @@
-"""TrainingJob → ConfigMap + Job (Indexed Job + headless Service when distributed) running the `pretrain/sft` stage."""
+"""TrainingJob → Job (Indexed Job + headless Service when distributed) running the `pretrain/sft` stage."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def get_stage_config(
 def get_children(
     resource: TrainingJob, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> list[Manifest]:
-    """Everything the stage needs, in creation order; DeepSpeed JSON in the ConfigMap when requested."""
+    """Everything the stage needs, in creation order; DeepSpeed JSON beside the config when requested."""
     spec = resource.spec
     deepspeed = get_deepspeed_config(spec) if spec.distributed.strategy == "deepspeed" else None
     return get_stage_workload(

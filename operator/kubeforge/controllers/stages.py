@@ -166,9 +166,9 @@ async def drop_if_stale(found: dict[str, Any], uid: str) -> None:
 
 
 async def create_children(children: list[dict[str, Any]]) -> bool:
-    """Create in order (ConfigMap before Job); True when the Job itself was new. Raises ChildRejected, or
-    StaleChild when the Job of that name exists but belongs to an earlier object of the same name (the
-    ConfigMap's name carries the owner's UID, so it cannot be another object's)."""
+    """Create in order (a distributed run's Service before its Job); True when the Job itself was new. Raises
+    ChildRejected, or StaleChild when the Job of that name exists but belongs to an earlier object of the
+    same name (the stage's config travels in the Job's pod template, so nothing else can be stale)."""
     created_job = False
     for child in children:
         try:
