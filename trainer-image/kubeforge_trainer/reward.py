@@ -18,6 +18,7 @@ from kubeforge.stage import StageConfig, StageResult, local_path
 
 from . import modelio
 from .callbacks import ProgressCallback
+from .rewards import end_token
 from .runtime import ProgressReporter, StageError
 from .stagecommon import (
     apply_peft,
@@ -101,7 +102,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     base_dir = modelio.full_model_dir(modelio.model_location(base_uri), scratch=str(ckpt / "base-merged"))
     tok_loc = modelio.model_location(spec.tokenizer.uri) if spec.tokenizer.uri else base_dir
     tok = modelio.load_tokenizer(tok_loc, trust_remote_code=spec.model.trust_remote_code)
-    eos = tok.eos_token or tok.sep_token
+    eos = end_token(tok)  # the same end token the online trainers' scoring appends (rewards.ScoredAsTrained)
     if eos is None:
         raise StageError(f"the tokenizer at {tok_loc} has neither an eos nor a sep token: set spec.tokenizer.uri")
 

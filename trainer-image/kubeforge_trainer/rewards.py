@@ -112,28 +112,39 @@ def build_reward_function(fn: RewardFunction, index: int) -> RewardFn:
     return out
 
 
-class ScoredAsTrained:
-    """A reward model's tokenizer that appends EOS to plain-text inputs, as the model was trained.
+def end_token(tokenizer: Any) -> str | None:
+    """The token a reward model's plain-text pairs end with: EOS, or an encoder's [SEP] when it has no EOS.
+    One choice for training (reward.py, RewardConfig.eos_token) and for scoring (ScoredAsTrained)."""
+    token = tokenizer.eos_token or tokenizer.sep_token
+    return str(token) if token else None
 
-    TRL's RewardTrainer appends EOS to non-conversational chosen/rejected texts, and the score is read at
-    the last token; TRL's GRPO/RLOO/online-DPO trainers score `prompt + completion` without it, so the
-    score comes from a position the model was never trained on (on the quickstart's held-out pairs that
-    ranked at chance, 0.45, against 0.78 with EOS). Conversational inputs are left alone: the chat
-    template already closes the assistant turn.
+
+class ScoredAsTrained:
+    """A reward model's tokenizer that tokenizes plain-text inputs as TRL's RewardTrainer trained it.
+
+    The RewardTrainer appends the end token (`end_token`) to non-conversational chosen/rejected texts and
+    tokenizes them with the tokenizer's own special tokens (a BOS, an encoder's [CLS]); the score is read
+    at the last token. TRL's GRPO/RLOO/online-DPO trainers score `prompt + completion` without the end
+    token and with `add_special_tokens=False`, so the score came from a position the model was never
+    trained on (on the quickstart's held-out pairs that ranked at chance, 0.45, against 0.78 as trained).
+    Used for plain-text datasets only (rlhf.py): a chat template already closes the assistant turn and
+    carries its special tokens.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
+        self._end = end_token(tokenizer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tok, name)
 
     def __call__(self, text: Any = None, **kwargs: Any) -> Any:
-        eos = self._tok.eos_token
-        if eos and isinstance(text, str):
-            text = text if text.endswith(eos) else text + eos
-        elif eos and isinstance(text, list):
-            text = [t if t.endswith(eos) else t + eos for t in text]
+        end = self._end
+        if end and isinstance(text, str):
+            text = text if text.endswith(end) else text + end
+        elif end and isinstance(text, list):
+            text = [t if t.endswith(end) else t + end for t in text]
+        kwargs.pop("add_special_tokens", None)  # the RewardTrainer's tokenization: the tokenizer's defaults
         return self._tok(text=text, **kwargs)
 
 

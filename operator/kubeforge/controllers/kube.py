@@ -174,21 +174,10 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
     return f"{base}/{name}" if name else base
 
 
-async def _request(
-    method: str,
-    url_path: str,
-    body: Any = None,
-    query: dict[str, str] | None = None,
-    content_type: str = "application/json",
-    answer: bool = True,
-) -> Any:
-    return await api().request(method, url_path, body, query, content_type, answer)
-
-
 async def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:
-        return dict(await _request("GET", path(api_version, kind, namespace, name)))
+        return dict(await api().request("GET", path(api_version, kind, namespace, name)))
     except KubeError as exc:
         if exc.status == 404:
             return None
@@ -218,8 +207,8 @@ async def create(manifest: dict[str, Any]) -> bool:
     """Create; False when it already existed (deterministic names make this idempotent)."""
     meta = manifest["metadata"]
     try:
-        await _request("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), manifest,
-                       answer=False)
+        url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        await api().request("POST", url, manifest, answer=False)
         return True
     except KubeError as exc:
         if exc.status == 409:
@@ -231,7 +220,7 @@ async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply (create or converge), owning exactly the fields the builder rendered."""
     meta = manifest["metadata"]
     url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
-    out = await _request(
+    out = await api().request(
         "PATCH", url, json.dumps(manifest), {"fieldManager": FIELD_MANAGER, "force": "true"},
         "application/apply-patch+yaml",
     )
@@ -243,13 +232,13 @@ async def patch_status(
 ) -> dict[str, Any]:
     """JSON merge patch of the status subresource; returns the object as stored."""
     url = path(api_version, kind, namespace, name) + "/status"
-    return dict(await _request("PATCH", url, patch, content_type="application/merge-patch+json"))
+    return dict(await api().request("PATCH", url, patch, content_type="application/merge-patch+json"))
 
 
 async def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
     """Delete with background propagation; False when already gone."""
     try:
-        await _request("DELETE", path(api_version, kind, namespace, name), {"propagationPolicy": "Background"})
+        await api().request("DELETE", path(api_version, kind, namespace, name), {"propagationPolicy": "Background"})
         return True
     except KubeError as exc:
         if exc.status == 404:
@@ -259,5 +248,5 @@ async def delete(api_version: str, kind: str, namespace: str, name: str) -> bool
 
 async def list_objects(api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
     """Objects matching a label selector."""
-    out = await _request("GET", path(api_version, kind, namespace), query={"labelSelector": selector})
+    out = await api().request("GET", path(api_version, kind, namespace), query={"labelSelector": selector})
     return list(out.get("items") or [])
