@@ -256,8 +256,3 @@ def lift(kind: str, result: StageResult | None, out_uri: str, inputs: dict[str, 
     if not meaning.bounded:
         raise ValueError(f"{kind} is not a bounded kind")
     return meaning.lift(result, out_uri, inputs)
-
-
-def failed_conditions(kind: str) -> list[Condition]:
-    """Conditions besides the main one when the stage failed."""
-    return of(kind).failed_conditions()

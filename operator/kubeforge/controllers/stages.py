@@ -337,11 +337,12 @@ async def reconcile_stage(body_in: Any, patch: kopf.Patch, *, meaning: kinds.Kin
         result, text = await read_result(job, s.test_hooks)
         seconds = workload_seconds(job)
         w.fields["completionTime"] = (job.get("status") or {}).get("completionTime") or now_rfc3339()
+        completed = state == "Complete" and (result is None or result.succeeded)
         problem = ""
-        if state == "Complete" and (result is None or result.succeeded):
+        if completed:
             out = output_uri(resource, s.store_root, run_name(w.generation, revision))
             problem = lift_workload(w, resource, result, out, report.inputs)
-        if state == "Complete" and (result is None or result.succeeded) and not problem:
+        if completed and not problem:
             reason = result.reason if result is not None else "Completed"
             message = (result.message if result is not None and result.message else f"Job {job_name} completed")
             w.set(SUCCEEDED, "True", reason or "Completed", message)
