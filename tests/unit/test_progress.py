@@ -105,15 +105,18 @@ def test_unreachable_pod_leaves_status_alone_and_is_not_tried_again_soon(monkeyp
     job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {"ready": 1}}
     port = free_port()
 
-    async def scenario() -> tuple[Any, Any, bool]:
+    async def scenario() -> tuple[Any, Any, bool, bool]:
         common.configure()
+        common.remember({"kind": "Job", **job})
+        was_due = progress.readable("ml", "j")
         first = await progress.read_progress(job, port)
         second = await progress.read_progress(job, port)
         due = progress.readable("ml", "j")
         await state.current().api.close()
-        return first, second, due
+        return was_due, first, second, due
 
-    first, second, due = asyncio.run(scenario())
+    was_due, first, second, due = asyncio.run(scenario())
+    assert was_due, "a Ready pod, never tried: a progress read is due"
     assert first is None and second is None
     assert len(lists) == 1, "the second read within the backoff neither lists pods nor scrapes"
     assert not due
@@ -130,3 +133,26 @@ def test_running_objects_are_resynced_at_the_progress_interval() -> None:
     waiting = {"status": {"conditions": [{"type": "Succeeded", "status": "Unknown",
                                           "reason": "WaitingForDependencies"}]}}
     assert resync.running(running) and not resync.running(waiting) and not resync.running({})
+
+
+def test_progress_passes_need_a_ready_pod_and_are_spread_when_many_stages_run() -> None:
+    """A stage whose pod is pending gets no progress pass (only the safety-net resync); with many Ready
+    stages at most PROGRESS_READS_PER_S progress passes fall due per second, not one per object every 5 s."""
+    common.configure()
+    conds = [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}]
+    n = int(resync.PROGRESS_READS_PER_S * resync.PROGRESS_INTERVAL_S * 4)  # 4x what the 5 s interval allows
+    for i in range(n):
+        common.remember({"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+                         "metadata": {"name": f"t{i}", "namespace": "ml", "resourceVersion": "1"},
+                         "status": {"jobName": f"j{i}", "conditions": conds}})
+        ready = {"ready": 1} if i % 2 == 0 else {"ready": 0}  # odd ones: the pod is still pending
+        common.remember({"kind": "Job", "metadata": {"name": f"j{i}", "namespace": "ml", "resourceVersion": "1"},
+                         "status": ready})
+    readers = n // 2
+    spread = readers / resync.PROGRESS_READS_PER_S
+    assert spread > resync.PROGRESS_INTERVAL_S
+    assert resync.due(now=100.0 + resync.PROGRESS_INTERVAL_S, since=100.0) == []
+    due = resync.due(now=100.0 + spread, since=100.0)
+    assert sorted(int(k[2][1:]) for k in due) == list(range(0, n, 2)), "only the Ready ones, after the spread"
+    assert spread < common.resync_interval()
+    assert len(resync.due(now=100.0 + common.resync_interval(), since=100.0)) == n, "the safety net takes all"

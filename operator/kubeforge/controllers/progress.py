@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..builders.common import JOB_NAME_LABEL
 from ..stage import METRICS_PORT
 from . import kube
-from .common import parse_time
+from .common import cached, parse_time
 from .state import current
 
 SCRAPE_TIMEOUT_S = 2.0
@@ -82,7 +82,12 @@ def _rank0_ip(pods: list[dict[str, Any]]) -> str | None:
 
 
 def readable(namespace: str, job_name: str) -> bool:
-    """Whether a progress read of this Job is due (not backing off after an unanswered scrape)."""
+    """Whether a progress read of this Job can give anything now: the watch cache shows a Ready pod in the
+    Job's status (a pending or unschedulable pod has nothing to serve), and it is not backing off after an
+    unanswered scrape."""
+    job = cached("Job", namespace, job_name)
+    if job is None or not (job.get("status") or {}).get("ready"):
+        return False
     return time.monotonic() >= current().scrapes.get((namespace, job_name), (None, 0.0))[1]
 
 

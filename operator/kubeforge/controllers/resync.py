@@ -8,8 +8,10 @@ watch cache and adds the objects that are due to the work queue:
 * bounded kinds that are not settled, `resync_interval()` after their last pass (events do the real work);
 * every ModelDeployment, `poll_interval` after its last pass (Triton readiness and canary promotion are
   time-based, and serving is never finished);
-* objects whose stage runs, `PROGRESS_INTERVAL_S` after their last pass, so status.progress stays live
-  (unless their pod did not answer lately: progress.py backs off).
+* objects whose stage runs with a Ready pod, `PROGRESS_INTERVAL_S` after their last pass, so
+  status.progress stays live (unless their pod did not answer lately: progress.py backs off). With many
+  such objects the interval grows so that at most `PROGRESS_READS_PER_S` progress passes are due per second
+  (1,000 running stages: one read each 50 s), as a Prometheus scrape pool spreads its targets.
 
 A failed pass is not the resync's business: the consumer re-adds it with backoff (workers.py).
 """
@@ -27,6 +29,7 @@ TICK_MAX_S = 5.0
 TICK_MIN_S = 0.2
 LONG_RUNNING = "ModelDeployment"
 PROGRESS_INTERVAL_S = 5.0
+PROGRESS_READS_PER_S = 20.0
 
 
 def interval_of(kind: str) -> float:
@@ -42,14 +45,18 @@ def running(body: dict[str, Any]) -> bool:
 
 def due(now: float, since: float) -> list[common.Key]:
     """Objects whose last pass (or, never passed, the loop's start `since`) is at least their interval ago."""
-    out: list[common.Key] = []
-    last_pass = current().last_pass
+    candidates: list[tuple[common.Key, bool]] = []
     for key, body in common.reconcilable():
         if key[0] != LONG_RUNNING and common.settled(body):
             continue
-        interval = interval_of(key[0])
-        if running(body) and progress.readable(key[1], str((body.get("status") or {}).get("jobName") or "")):
-            interval = min(interval, max(PROGRESS_INTERVAL_S, common.settings().poll_interval))
+        live = running(body) and progress.readable(key[1], str((body.get("status") or {}).get("jobName") or ""))
+        candidates.append((key, live))
+    readers = sum(1 for _key, live in candidates if live)
+    every = max(PROGRESS_INTERVAL_S, common.settings().poll_interval, readers / PROGRESS_READS_PER_S)
+    last_pass = current().last_pass
+    out: list[common.Key] = []
+    for key, live in candidates:
+        interval = min(interval_of(key[0]), every) if live else interval_of(key[0])
         if now - last_pass.get(key, since) >= interval:
             out.append(key)
     return out
