@@ -83,3 +83,44 @@ def test_cancelled_waiting_consumer_does_not_lose_a_key() -> None:
         q.add("a")
         assert await asyncio.wait_for(q.get(), 1) == "a"
     run(scenario())
+
+
+def test_low_priority_waits_behind_normal_and_moves_up_when_added_again() -> None:
+    """The resync's sweep (low) never delays a pass a watch event asked for; a swept key that a watch event
+    also wants moves up; neither a duplicate nor a lost pass comes of it."""
+    async def scenario() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        for key in ("sweep-1", "sweep-2", "sweep-3"):
+            q.add(key, low=True)
+        q.add("new")
+        q.add("sweep-2")  # a watch event for an object the sweep had queued: moves up
+        q.add("new", low=True)  # a later sweep does not move a waiting key down
+        assert len(q) == 4
+        order = []
+        while len(q):
+            key = await q.get()
+            order.append(key)
+            q.done(key)
+        assert order == ["new", "sweep-2", "sweep-1", "sweep-3"]
+        assert len(q) == 0 and not q.processing
+        q.add("x", low=True)
+        key = await q.get()
+        q.add("x")  # wanted again while its low pass runs: one more pass, at normal priority
+        q.add("y", low=True)
+        q.done(key)
+        assert [await q.get(), await q.get()] == ["x", "y"]
+    run(scenario())
+
+
+def test_waiting_consumers_wake_for_either_priority() -> None:
+    async def scenario() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        consumers = [asyncio.create_task(q.get()) for _ in range(3)]
+        await asyncio.sleep(0)
+        q.add("a", low=True)
+        q.add("b")
+        done, pending = await asyncio.wait(consumers, timeout=1)
+        assert sorted(t.result() for t in done) == ["a", "b"] and len(pending) == 1
+        q.add("c", low=True)
+        assert await asyncio.wait_for(pending.pop(), 1) == "c"
+    run(scenario())

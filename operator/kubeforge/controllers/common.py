@@ -169,10 +169,11 @@ async def _pass(body: dict[str, Any], key: Key) -> None:
     remember(written)
 
 
-def wake(kind: str, namespace: str, name: str) -> None:
-    """Ask for a pass of an object (a pass already waiting absorbs the wake)."""
+def wake(kind: str, namespace: str, name: str, low: bool = False) -> None:
+    """Ask for a pass of an object (a pass already waiting absorbs the wake); `low`: behind every other
+    waiting pass (the periodic resync)."""
     if kind in _reconcilers:
-        queue().add((kind, namespace, name))
+        queue().add((kind, namespace, name), low=low)
 
 
 async def process(key: Key) -> None:

@@ -69,4 +69,4 @@ async def run() -> None:
         shortest = min(interval_of(LONG_RUNNING), interval_of(""))
         await asyncio.sleep(min(TICK_MAX_S, max(TICK_MIN_S, shortest / 2)))
         for key in due(time.monotonic(), since):
-            common.wake(*key)
+            common.wake(*key, low=True)

@@ -9,7 +9,11 @@ the passes (workers.py). The guarantees that make level-triggered reconciles saf
 * a failed pass is re-added after a per-key exponential backoff (5 ms doubling up to 30 s, as
   controller-runtime's default rate limiter); a successful one resets it (`forget`);
 * bookkeeping survives cancellation: `get` marks a key processing without awaiting after the dequeue,
-  and consumers call `done` in `finally`.
+  and consumers call `done` in `finally`;
+* two priorities, as controller-runtime's priority queue: the safety-net resync and progress reads add
+  `low=True` and wait behind everything a watch event, a dependency or a retry asked for, so a periodic
+  sweep over 1,000 running objects does not delay the pass that creates a new object's Job. A key waiting
+  at low priority moves up when it is added again at normal priority.
 
 Pure asyncio: one instance per operator run (an operator restarted in the same process starts afresh).
 """
@@ -17,6 +21,7 @@ Pure asyncio: one instance per operator run (an operator restarted in the same p
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -31,21 +36,42 @@ class WorkQueue(Generic[K]):
     def __init__(self, base_delay: float = BASE_DELAY_S, max_delay: float = MAX_DELAY_S) -> None:
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._ready: asyncio.Queue[K] = asyncio.Queue()
-        self._dirty: set[K] = set()  # wants a pass (queued, or re-queue once its pass ends)
+        self._high: deque[K] = deque()  # in order of adding; may hold stale entries (skipped by `_pop`)
+        self._low: deque[K] = deque()
+        self._wakeup = asyncio.Event()
+        # Wants a pass (queued, or re-queue once its pass ends) -> at normal (True) or low priority.
+        self._dirty: dict[K, bool] = {}
         self._processing: set[K] = set()
         self._failures: dict[K, int] = {}
         self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
         self.adds = 0  # every add() call (for metrics and tests: adds - passes = coalesced wakes)
 
-    def add(self, key: K) -> None:
-        """Ask for a pass of `key` (no-op when one is already waiting)."""
+    def add(self, key: K, low: bool = False) -> None:
+        """Ask for a pass of `key` (no-op when one is already waiting at the same or a higher priority)."""
         self.adds += 1
-        if key in self._dirty:
+        normal = not low
+        waiting = self._dirty.get(key)
+        if waiting is not None and (waiting or low):
             return
-        self._dirty.add(key)
+        self._dirty[key] = normal
         if key not in self._processing:
-            self._ready.put_nowait(key)
+            self._enqueue(key)
+
+    def _enqueue(self, key: K) -> None:
+        (self._high if self._dirty[key] else self._low).append(key)
+        self._wakeup.set()
+
+    def _pop(self) -> K | None:
+        """The next valid key: normal priority first; skips entries already taken or moved up."""
+        while self._high:
+            key = self._high.popleft()
+            if key in self._dirty and key not in self._processing:
+                return key
+        while self._low:
+            key = self._low.popleft()
+            if self._dirty.get(key) is False and key not in self._processing:
+                return key
+        return None
 
     def add_after(self, key: K, delay: float) -> None:
         """Add `key` after `delay` seconds; an earlier pending add of the same key wins."""
@@ -86,17 +112,19 @@ class WorkQueue(Generic[K]):
 
     async def get(self) -> K:
         """The next key to process; it is marked processing until `done(key)`."""
-        key = await self._ready.get()
+        while (key := self._pop()) is None:
+            self._wakeup.clear()
+            await self._wakeup.wait()
         # No await between the dequeue and these lines: cancellation cannot lose the key.
         self._processing.add(key)
-        self._dirty.discard(key)
+        del self._dirty[key]
         return key
 
     def done(self, key: K) -> None:
         """The pass of `key` ended (well or not); re-queue it if it was added meanwhile."""
         self._processing.discard(key)
         if key in self._dirty:
-            self._ready.put_nowait(key)
+            self._enqueue(key)
 
     def drop(self, key: K) -> None:
         """The object is gone: cancel its delayed add and forget its failures (a queued pass still runs
@@ -114,7 +142,7 @@ class WorkQueue(Generic[K]):
 
     def __len__(self) -> int:
         """Keys waiting for a consumer."""
-        return self._ready.qsize()
+        return len(self._dirty) - sum(1 for key in self._processing if key in self._dirty)
 
     @property
     def processing(self) -> int:
