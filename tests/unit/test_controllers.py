@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubeforge import controllers, stage
 from kubeforge.builders.common import stage_file
-from kubeforge.controllers import common, kube, resync, stages, state, workers
+from kubeforge.controllers import common, deps, kube, resync, stages, state, workers
 
 NS = "ml"
 API = "kubeforge.io/v1alpha1"
@@ -657,3 +657,49 @@ def test_a_moved_input_reruns_a_finished_object_into_its_own_folder(api: FakeApi
     writes = api.status_writes
     asyncio.run(api.passes("TrainingJob", "keep"))
     assert api.status_writes == writes, "reported once, not on every pass"
+
+
+def test_dependency_index_follows_watch_events_and_wakes_dependents(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's own dependency index (no kopf index: kopf held every handler until all indices were
+    filled, quadratic at a restart): a producer whose outcome moves wakes the objects that reference it now,
+    not those that referenced it before an edit or a deletion."""
+    monkeypatch.setattr(workers, "ensure_started", lambda: None)
+    run_state = state.current()
+
+    def drained() -> set[tuple[str, str, str]]:
+        keys: set[tuple[str, str, str]] = set()
+
+        async def take() -> None:
+            while len(run_state.queue):
+                key = await run_state.queue.get()
+                keys.add(key)
+                run_state.queue.done(key)
+        asyncio.run(take())
+        return keys
+
+    def event(kind: str, name: str, spec: dict[str, Any], event_type: str = "MODIFIED", **kw: Any) -> None:
+        body = api.put(kind, name, spec, **kw)
+        asyncio.run(deps.on_object_event(copy.deepcopy(body), event_type, "Succeeded"))
+
+    ds, tj = ("Dataset", NS, "ds"), ("TrainingJob", NS, "t")
+    event("Dataset", "ds", DS_SPEC, "ADDED")
+    event("TrainingJob", "t", tj_spec(None), "ADDED")
+    event("TrainingJob", "u", tj_spec("t"), "ADDED")
+    assert drained() == {ds, tj, ("TrainingJob", NS, "u")}, "every object is passed when first seen"
+    assert run_state.dependents[ds] == {tj, ("TrainingJob", NS, "u")}
+    assert run_state.dependents[tj] == {("TrainingJob", NS, "u")}
+
+    event("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    assert drained() == {tj, ("TrainingJob", NS, "u")}, "the Dataset succeeded: both readers of it wake"
+    event("Dataset", "ds", DS_SPEC, conditions=succeeded())
+    assert drained() == set(), "nothing moved: nobody wakes"
+
+    event("TrainingJob", "u", {**tj_spec(None), "dataset": {"name": "other"}}, generation=2)
+    assert drained() == {("TrainingJob", NS, "u")}
+    assert run_state.dependents[ds] == {tj} and tj not in run_state.dependents, "the edit dropped u's refs"
+    event("TrainingJob", "t", tj_spec(None), "DELETED")
+    assert ds not in run_state.dependents and tj not in run_state.depends_on
+    event("Dataset", "ds", DS_SPEC, generation=2, conditions=[])
+    assert drained() == {ds}, "its former readers are gone or moved"

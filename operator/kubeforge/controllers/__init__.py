@@ -63,10 +63,10 @@ async def startup(
     # this name from objects that have one but need none, which frees objects an older release marked.
     settings.persistence.finalizer = "kubeforge.io/unused"
     settings.persistence.diffbase_storage = NoDiffBase()
-    # No queueing.worker_limit: kopf indices on every kind need a worker per object until all indices are
-    # filled, so a limit below the object count freezes a restarted operator (kopf's indexing deadlock),
-    # and idle workers keep their slot for queueing.idle_timeout, which throttles throughput to
-    # limit / idle_timeout objects per second. Unlimited workers cost one idle asyncio task per object.
+    # No queueing.worker_limit: idle kopf workers keep their slot for queueing.idle_timeout, which throttles
+    # throughput to limit / idle_timeout objects per second (and with kopf indices, which the operator no
+    # longer has, a limit below the object count froze a restarted operator: kopf's indexing deadlock).
+    # Unlimited workers cost one idle asyncio task per object.
     settings.queueing.worker_limit = None
     try:
         if metrics.start_server(s.metrics_port):

@@ -2,8 +2,8 @@
 
 What each kind means lives below the controllers, in `kinds.py` (shared with `kubeforge run`): its model,
 stage, references, children (the pure builders) and status. A kind here is only wiring: a pass over the
-shared level-triggered reconcile (stages.py), the dependency index, and the watch-event handler that feeds
-the work queue.
+shared level-triggered reconcile (stages.py), and the watch-event handler that keeps the cache and the
+dependency index and feeds the work queue.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ def register(meaning: kinds.Kind) -> None:
     async def reconcile(body: dict[str, Any], patch: kopf.Patch) -> None:
         await stages.reconcile_stage(body, patch, meaning=meaning)
 
-    async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-        """Metrics gauge, body cache; queue a pass when the object is new or changed, and its dependents
-        when its Succeeded/Passed moved."""
-        await deps.on_object_event(body, type, meaning.main, kwargs)
+    async def track(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+        """Metrics gauge, body cache, dependency index; queue a pass when the object is new or changed, and
+        its dependents when its Succeeded/Passed moved."""
+        await deps.on_object_event(body, type, meaning.main, memo)
 
     common.register(meaning.name, reconcile)
-    kopf.index(GROUP, VERSION, plural, id=plural + deps.INDEX_SUFFIX)(deps.index_dependencies)
     kopf.on.event(GROUP, VERSION, plural, id="track")(track)
 
 

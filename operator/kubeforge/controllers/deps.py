@@ -12,8 +12,6 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
-
 from .. import metrics
 from ..api.v1alpha1 import KubeResource, conditions
 from ..stage import Dependency, ResolvedInput, dependencies
@@ -36,7 +34,6 @@ from .common import (
 )
 from .state import bind_from, current
 
-INDEX_SUFFIX = "_by_dependency"
 GRANT_ANNOTATION = "kubeforge.io/allow-references-from"
 # Reasons whose messages are built from other objects' conditions: never copied into another message.
 DERIVED_REASONS = {"WaitingForDependencies", "DependencyFailed", "GatePending", "GateFailed"}
@@ -333,16 +330,31 @@ def _progress(body: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-async def index_dependencies(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Key, Key]:
-    """kopf index: (kind, ns, name) of each dependency → this object's (kind, ns, name). Async although it
-    awaits nothing: kopf runs a sync handler in a thread, a hop per watch event."""
-    bind_from(memo)
-    data = plain(body)
-    resource, _err = validate(data)
-    if resource is None:
-        return {}
-    me = key_of(data)
-    return {(d.kind, d.namespace, d.name): me for d in dependencies(resource)}
+def index_object(key: Key, body: dict[str, Any] | None) -> None:
+    """Keep the dependency index (OperatorState.depends_on/dependents) for one object's watch event (`body`
+    None: deleted).
+
+    The operator's own index instead of a kopf index: kopf holds every handler of every kind until all its
+    indices are filled from the initial lists, waking each waiting object on each change (quadratic in the
+    objects present at a restart), and with a worker limit that wait deadlocks. Nothing is lost by filling
+    it as events arrive: every object gets a pass when first seen, which reads its producers as they are."""
+    state = current()
+    old = state.depends_on.pop(key, frozenset())
+    new: frozenset[Key] = frozenset()
+    if body is not None:
+        resource, _err = validate(body)
+        if resource is not None:
+            new = frozenset((d.kind, d.namespace, d.name) for d in dependencies(resource))
+    for gone in old - new:
+        users = state.dependents.get(gone)
+        if users is not None:
+            users.discard(key)
+            if not users:
+                del state.dependents[gone]
+    for dep in new - old:
+        state.dependents.setdefault(dep, set()).add(key)
+    if new:
+        state.depends_on[key] = new
 
 
 def _spec_view(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -352,12 +364,12 @@ def _spec_view(body: dict[str, Any]) -> tuple[Any, ...]:
     return meta.get("generation"), meta.get("labels") or {}, annotations
 
 
-async def on_object_event(body_in: Any, event_type: str | None, main: str, indices: dict[str, Any]) -> None:
-    """Watch event of a Kubeforge object: metrics and cache; queue a pass of the object when it is new to
-    this operator or its spec/labels/annotations moved (not for its own status writes), and queue its
-    dependents when its outcome moved."""
-    if "memo" in indices:
-        bind_from(indices["memo"])
+async def on_object_event(body_in: Any, event_type: str | None, main: str, memo: Any = None) -> None:
+    """Watch event of a Kubeforge object: metrics, cache and dependency index; queue a pass of the object
+    when it is new to this operator or its spec/labels/annotations moved (not for its own status writes),
+    and queue its dependents when its outcome moved."""
+    if memo is not None:
+        bind_from(memo)
     workers.ensure_started()
     body = plain(body_in)
     track(body, event_type, main)
@@ -368,6 +380,7 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, indic
     state = current()
     watched, seen_spec = state.watched, state.seen_spec
     before = watched.get(key)
+    index_object(key, None if event_type == "DELETED" else body)
     if event_type == "DELETED":
         forget(kind, ns, name)
         watched.pop(key, None)
@@ -385,9 +398,5 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, indic
             wake(kind, ns, name)
     if not changed:
         return
-    dependents: set[Key] = set()
-    for index_name, index in indices.items():
-        if index_name.endswith(INDEX_SUFFIX):
-            dependents.update(index.get((kind, ns, name), ()))
-    for dep in sorted(dependents):
+    for dep in sorted(state.dependents.get(key, ())):
         wake(*dep)

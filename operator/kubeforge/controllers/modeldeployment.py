@@ -332,13 +332,10 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
 common.register("ModelDeployment", reconcile_md)
 
 
-kopf.index(GROUP, VERSION, PLURAL, id=PLURAL + deps.INDEX_SUFFIX)(deps.index_dependencies)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
-async def track(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-    """Metrics gauge and cache; queue a pass when the object is new or changed (no dependents)."""
-    await deps.on_object_event(body, type, common.READY, kwargs)
+async def track(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Metrics gauge, cache and dependency index; queue a pass when the object is new or changed."""
+    await deps.on_object_event(body, type, common.READY, memo)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY},

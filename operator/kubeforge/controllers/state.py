@@ -46,6 +46,10 @@ class OperatorState:
     applied: dict[Key, tuple[str, float]] = field(default_factory=dict)
     # ModelDeployment UID -> the generation whose optional serving children were last pruned.
     pruned: dict[str, int] = field(default_factory=dict)
+    # The dependency index, both ways, kept from watch events (deps.index_object): object -> what its spec
+    # references, and object -> the objects whose spec references it (woken when its outcome moves).
+    depends_on: dict[Key, frozenset[Key]] = field(default_factory=dict)
+    dependents: dict[Key, set[Key]] = field(default_factory=dict)
     # Running Job (namespace, name) -> (its rank-0 pod's IP once known, when to read progress next).
     scrapes: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
     # The consumers and the resync loop (workers.py).
