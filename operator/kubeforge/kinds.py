@@ -231,7 +231,23 @@ class ModelDeploymentKind(Kind):
         return modeldeployment.get_conversion_children(resource, inputs, settings, revision)
 
     def _fields(self, out: Lifted, result: StageResult | None, out_uri: str, inputs: dict[str, ResolvedInput]) -> None:
-        raise NotImplementedError("ModelDeployment status is written by its serving reconciler")
+        """The conversion's outcome (serving fields are the serving reconciler's); the lineage only from the
+        stage, since the operator records the inputs it resolved (with the held-out split) when it starts
+        the conversion and a result-less Job (KWOK) must not overwrite them."""
+        details = dict((result.details if result is not None else None) or {})
+        repo = str(details.pop("modelRepository", None) or out_uri)
+        out.fields["modelRepository"] = repo
+        if result is not None and result.artifact is not None and result.artifact.digest:
+            out.fields["modelDigest"] = result.artifact.digest
+        for key in ("conversion", "quantization"):
+            value = details.pop(key, None)
+            if isinstance(value, dict):
+                out.fields[key] = value
+        if result is not None and result.lineage:
+            out.fields["lineage"] = _wire(result.lineage)
+        if details:
+            out.fields["details"] = details
+        out.conditions.append((c.MODEL_EXPORTED, "True", c.EXPORTED, f"model repository at {repo}"))
 
 
 REGISTRY: dict[str, Kind] = {
@@ -248,11 +264,3 @@ def of(kind: str) -> Kind:
         return REGISTRY[kind]
     except KeyError:
         raise KeyError(f"{kind} is not a Kubeforge kind ({', '.join(REGISTRY)})") from None
-
-
-def lift(kind: str, result: StageResult | None, out_uri: str, inputs: dict[str, ResolvedInput]) -> Lifted:
-    """The status a successful stage of a bounded kind leads to."""
-    meaning = of(kind)
-    if not meaning.bounded:
-        raise ValueError(f"{kind} is not a bounded kind")
-    return meaning.lift(result, out_uri, inputs)

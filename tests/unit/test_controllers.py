@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from kubeforge import controllers, stage
+from kubeforge import controllers, kinds, stage
 from kubeforge.builders.common import stage_file
 from kubeforge.controllers import common, deps, kube, resync, stages, state, workers
 
@@ -474,7 +474,6 @@ def test_stage_config_is_json_that_yaml_readers_and_the_stage_read_alike(tmp_pat
 def test_operator_and_local_runner_lift_the_same_status(kind: str, passed: bool) -> None:
     """One meaning per kind: the same stage result gives the same status fields and conditions on the
     cluster (controllers) and in `kubeforge run` (runner), beside test_local_stage_equals_pod."""
-    from kubeforge.runner.executor import status_from_result
     from kubeforge.runner.state import ResourceState
     from kubeforge.stage import StageResult
 
@@ -490,11 +489,9 @@ def test_operator_and_local_runner_lift_the_same_status(kind: str, passed: bool)
     w = common.StatusWriter.for_body(body)
     resource = type("R", (), {"kind": kind})()
     stages.lift_workload(w, resource, result, "file:///store/x", {})  # type: ignore[arg-type]
-    local = ResourceState(kind=kind, name="x", status=status_from_result(kind, result, {}, "file:///store/x"))
+    local = ResourceState(kind=kind, name="x", status=kinds.of(kind).lift(result, "file:///store/x", {}).fields)
     assert w.fields == local.status, "same status fields"
-    from kubeforge import kinds
-
-    for ctype, status, reason, message in kinds.lift(kind, result, "file:///store/x", {}).conditions:
+    for ctype, status, reason, message in kinds.of(kind).lift(result, "file:///store/x", {}).conditions:
         local.set_condition(ctype, status, reason, message)
     cluster = {c["type"]: (c["status"], c["reason"], c["message"]) for c in w.conditions}
     here = {c["type"]: (c["status"], c["reason"], c["message"]) for c in local.status.get("conditions") or []}

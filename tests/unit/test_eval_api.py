@@ -208,7 +208,7 @@ def test_benchmark_example_is_a_runnable_pipeline() -> None:
 
 
 def test_runner_lifts_variants_and_the_report_shows_the_table(tmp_path: Path) -> None:
-    from kubeforge.runner.executor import status_from_result
+    from kubeforge import kinds
     from kubeforge.runner.report import variant_table, write_html
     from kubeforge.runner.state import ResourceState, StateStore
     from kubeforge.stage import StageResult
@@ -220,7 +220,7 @@ def test_runner_lifts_variants_and_the_report_shows_the_table(tmp_path: Path) ->
         details={"passed": False, "failedThresholds": ["accuracy[five-shot] 0.5 (want >= 0.6)"], "sampleCount": 20,
                  "reportUri": "file:///r/report.json", "variants": table},
     )
-    status = status_from_result("Evaluation", result, {})
+    status = kinds.of("Evaluation").lift(result, "", {}).fields
     assert status["variants"] == table and status["metrics"] == table[0]["metrics"] and "details" not in status
     store = StateStore(tmp_path / "wd")
     state = ResourceState(kind="Evaluation", name="mc-eval", status=status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kubeforge import kinds
 from kubeforge.api.v1alpha1 import ModelDeployment
 from kubeforge.builders.common import stage_file
 from kubeforge.controllers import common
@@ -16,7 +17,6 @@ from kubeforge.heldout import (
     resolve_held_out,
     source_keys,
 )
-from kubeforge.runner.executor import status_from_result
 from kubeforge.runner.state import StateStore
 from kubeforge.stage import StageConfig, StageResult
 from test_controllers import api, succeeded
@@ -98,7 +98,7 @@ def test_runner_lifts_quantization_into_status() -> None:
     quality = {"mode": "int8-weight-only", "source": "held-out", "dataset": "Dataset/qa (test)", "positions": 9,
                "agreement": 1.0, "top5Overlap": 0.98, "maxAbsLogitDelta": 0.01}
     res = StageResult(succeeded=False, reason="QuantizationQualityBelowGate", details={"quantization": quality})
-    assert status_from_result("ModelDeployment", res, {})["quantization"] == quality
+    assert kinds.of("ModelDeployment").lift(res, "file:///md", {}).fields["quantization"] == quality
 
 
 def test_operator_adds_held_out_input_to_the_conversion_config(api: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kubeforge.runner.executor import status_from_result
+from kubeforge import kinds
 from kubeforge.runner.report import key_metric, write_html
 from kubeforge.runner.report_rlhf import rlhf_html
 from kubeforge.runner.state import ResourceState, StateStore
@@ -16,7 +16,7 @@ GRPO = {"train_loss": 0.01, "reward": 0.45, "heldout_prompts": 22.0, "reward_bef
 
 def _state(name: str, metrics: dict[str, float]) -> ResourceState:
     result = StageResult(succeeded=True, metrics=metrics)
-    state = ResourceState(kind="RLHFJob", name=name, status=status_from_result("RLHFJob", result, {}))
+    state = ResourceState(kind="RLHFJob", name=name, status=kinds.of("RLHFJob").lift(result, "", {}).fields)
     state.set_condition("Succeeded", "True", "Completed")
     return state
 

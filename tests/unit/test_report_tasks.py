@@ -6,8 +6,8 @@ import base64
 import io
 from pathlib import Path
 
+from kubeforge import kinds
 from kubeforge.api.v1alpha1.common import Artifact
-from kubeforge.runner.executor import status_from_result
 from kubeforge.runner.report import get_table, key_metric, write_html
 from kubeforge.runner.report_tasks import head_metrics
 from kubeforge.runner.state import ResourceState, StateStore
@@ -21,7 +21,8 @@ REGRESSOR = {"train_loss": 0.25, "eval_loss": 0.05, "global_step": 12.0, "mse": 
 
 def _state(kind: str, name: str, result: StageResult, main_metric: str | None = None) -> ResourceState:
     """A finished object whose status is lifted from its stage result, as the runner does it."""
-    state = ResourceState(kind=kind, name=name, status=status_from_result(kind, result, {}), main_metric=main_metric)
+    fields = kinds.of(kind).lift(result, "", {}).fields
+    state = ResourceState(kind=kind, name=name, status=fields, main_metric=main_metric)
     state.set_condition("Succeeded", "True", "Completed")
     return state
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeforge import kinds
 from kubeforge.builders.common import stage_file
 from kubeforge.cli import app
 from kubeforge.manifests import ManifestError
-from kubeforge.runner.executor import Runner, RunOptions, status_from_result
+from kubeforge.runner.executor import Runner, RunOptions
 from kubeforge.runner.graph import load_pipeline, localize, parse_ref
 from kubeforge.runner.report import get_table, write_html
 from kubeforge.runner.state import StateStore, pid_alive
@@ -313,7 +314,10 @@ def test_run_then_skip_everything(tmp_path: Path, fake_stage: Path) -> None:
     assert states["Evaluation/ev"].is_true("Passed")
     md = states["ModelDeployment/serve"]
     assert md.is_true("Ready") and md.condition("Ready").reason == "Converted"  # type: ignore[union-attr]
-    assert md.status["modelDigest"] == states["RLHFJob/rl"].status["artifact"]["digest"]
+    # The served repository's digest (as on the cluster); the model it came from is in the lineage.
+    assert md.status["modelDigest"].startswith("sha256:") and md.status["modelDigest"] != (
+        states["RLHFJob/rl"].status["artifact"]["digest"])
+    assert states["RLHFJob/rl"].status["artifact"]["digest"] in [e["digest"] for e in md.status["lineage"]]
     cfg = StageConfig.load(store.config_path(tj.key))
     assert cfg.inputs["dataset"].digest == states["Dataset/text"].status["digest"]
     assert cfg.output_uri == f"file://{workdir.resolve()}/artifacts/default/trainingjob/base/g1"  # a folder per run
@@ -513,18 +517,34 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path: Path, fake_stage: Pat
 # ---- status lifting, views ---------------------------------------------------------------------
 
 
-def test_status_from_result_per_kind() -> None:
+def test_lift_per_kind() -> None:
     res = StageResult.model_validate({
         "succeeded": True, "artifact": {"uri": "file:///a", "digest": "sha256:1"},
         "details": {"counts": {"train": 3}, "removed": {"pii": 1}, "digest": "sha256:2"},
     })
-    ds = status_from_result("Dataset", res, {})
+    ds = kinds.of("Dataset").lift(res, "", {}).fields
     assert ds["artifactUri"] == "file:///a" and ds["digest"] == "sha256:2" and ds["counts"] == {"train": 3}
     assert ds["artifact"] == {"uri": "file:///a", "digest": "sha256:1"}
-    ev = status_from_result("Evaluation", StageResult.model_validate({
+    ev = kinds.of("Evaluation").lift(StageResult.model_validate({
         "succeeded": True, "metrics": {"rougeL": 0.5},
-        "details": {"passed": True, "sampleCount": 4, "failedThresholds": []}}), {})
+        "details": {"passed": True, "sampleCount": 4, "failedThresholds": []}}), "", {}).fields
     assert ev == {"metrics": {"rougeL": 0.5}, "sampleCount": 4, "failedThresholds": [], "lineage": []}
+    converted = StageResult.model_validate({
+        "succeeded": True, "artifact": {"uri": "file:///md/g1/repository", "digest": "sha256:3"},
+        "lineage": [{"kind": "RLHFJob", "name": "rl", "uri": "file:///rl", "digest": "sha256:4"}],
+        "details": {"modelRepository": "file:///md/g1/repository", "conversion": {"sizeBytes": 10.0},
+                    "quantization": {"mode": "int8-dynamic", "agreement": 0.99, "positions": 8},
+                    "modelName": "chat", "models": ["chat"]}})
+    md = kinds.of("ModelDeployment").lift(converted, "file:///md/g1", {})
+    assert not md.problem
+    assert md.fields == {
+        "modelRepository": "file:///md/g1/repository", "modelDigest": "sha256:3", "conversion": {"sizeBytes": 10.0},
+        "quantization": {"mode": "int8-dynamic", "agreement": 0.99, "positions": 8},
+        "lineage": [{"kind": "RLHFJob", "name": "rl", "uri": "file:///rl", "digest": "sha256:4"}],
+        "details": {"modelName": "chat", "models": ["chat"]}}
+    assert md.conditions == [("ModelExported", "True", "Exported", "model repository at file:///md/g1/repository")]
+    bad = converted.model_copy(update={"details": {"quantization": {"mode": "int8-dynamic", "agreement": "high"}}})
+    assert "quantization.agreement" in kinds.of("ModelDeployment").lift(bad, "file:///md/g1", {}).problem
 
 
 def test_get_describe_logs_and_report(tmp_path: Path, fake_stage: Path) -> None:

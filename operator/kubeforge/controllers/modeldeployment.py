@@ -18,10 +18,10 @@ from typing import Any
 
 import kopf
 
-from .. import heldout
+from .. import heldout, kinds
 from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
 from ..api.v1alpha1.common import now_rfc3339
-from ..api.v1alpha1.conditions import INPUTS_CHANGED
+from ..api.v1alpha1.conditions import INPUTS_CHANGED, INVALID_RESULT
 from ..builders import modeldeployment as builders
 from ..builders.common import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
 from ..stage import ResolvedInput, output_uri, run_name
@@ -139,15 +139,16 @@ async def _conversion(
         w.set(common.MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
               f"Job {job_name} failed: {why}")
         return None
-    details = dict((result.details if result is not None else None) or {})
-    repo = str(details.get("modelRepository") or output_uri(md, s.store_root, run_name(w.generation, revision)))
-    w.fields["modelRepository"] = repo
-    if result is not None and result.artifact is not None and result.artifact.digest:
-        w.fields["modelDigest"] = result.artifact.digest
-    if isinstance(details.get("conversion"), dict):
-        w.fields["conversion"] = details["conversion"]
-    w.set(common.MODEL_EXPORTED, "True", "Exported", f"model repository at {repo}")
-    return repo
+    # The meaning shared with `kubeforge run` (kinds.py): repository, digest, conversion report, ModelExported.
+    lifted = kinds.of(md.kind).lift(result, output_uri(md, s.store_root, run_name(w.generation, revision)),
+                                    report.inputs)
+    if lifted.problem:
+        w.set(common.MODEL_EXPORTED, "False", INVALID_RESULT, lifted.problem)
+        return None
+    w.fields.update(lifted.fields)
+    for ctype, status, reason, message in lifted.conditions:
+        w.set(ctype, status, reason, message)
+    return str(lifted.fields["modelRepository"])
 
 
 async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:

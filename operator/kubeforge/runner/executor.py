@@ -126,31 +126,6 @@ def run_digests(node: Node, *configs: StageConfig) -> list[str]:
     return ["sha256:" + h.hexdigest() for h in hashes]
 
 
-def status_from_result(
-    kind: str, result: StageResult, inputs: dict[str, ResolvedInput], out_uri: str = ""
-) -> dict[str, Any]:
-    """Lift a StageResult into the kind's status fields: the operator's meaning (kinds.py) for bounded kinds."""
-    if kinds.of(kind).bounded:
-        return kinds.lift(kind, result, out_uri, inputs).fields
-    out: dict[str, Any] = {}
-    details = dict(result.details or {})
-    for k in ("modelRepository", "conversion", "quantization", "servedVersion"):
-        if k in details:
-            out[k] = details.pop(k)
-    model = inputs.get("model")
-    if model is not None and model.digest:
-        out["modelDigest"] = model.digest
-    if result.lineage is not None:
-        out["lineage"] = [e.to_wire() for e in result.lineage]
-    if result.metrics is not None:
-        out["metrics"] = result.metrics
-    if result.artifact is not None:
-        out["artifact"] = result.artifact.to_wire()
-    if details:
-        out["details"] = details
-    return {k: v for k, v in out.items() if v is not None}
-
-
 class ProgressInfo(ProgressColumn):
     """`step/total  loss 1.234  ETA 12s` from the task's fields."""
 
@@ -427,17 +402,14 @@ class Runner:
         state.pid = None
         meaning = kinds.of(node.resource.kind)
         ok = result.succeeded and code == 0
-        extra: list[kinds.Condition] = []
-        if meaning.bounded:  # the operator's meaning (kinds.py): same fields, conditions and refusal
-            lifted = meaning.lift(result, run.config.output_uri, self.inputs[node.key])
-            fields = lifted.fields
-            if ok and lifted.problem:
-                ok = False
-                result = result.model_copy(update={"succeeded": False, "reason": INVALID_RESULT,
-                                                   "message": lifted.problem})
-            extra = lifted.conditions if ok else meaning.failed_conditions()
-        else:
-            fields = status_from_result(node.resource.kind, result, self.inputs[node.key], run.config.output_uri)
+        # The operator's meaning (kinds.py): same fields, conditions and refusal.
+        lifted = meaning.lift(result, run.config.output_uri, self.inputs[node.key])
+        fields = lifted.fields
+        if ok and lifted.problem:
+            ok = False
+            result = result.model_copy(update={"succeeded": False, "reason": INVALID_RESULT,
+                                               "message": lifted.problem})
+        extra = lifted.conditions if ok else meaning.failed_conditions()
         keep = {k: v for k, v in state.status.items() if k in ("conditions", "observedGeneration", "startTime")}
         state.status = {**keep, **fields, "completionTime": _now()}
         if node.resource.kind == "ModelDeployment":

@@ -12,6 +12,7 @@ from .common import (
     DatasetInput,
     KubeModel,
     KubeResource,
+    LineageEntry,
     ModelSource,
     Name,
     Resources,
@@ -265,6 +266,23 @@ class ModelDeploymentStatus(CommonStatus):
     )
     quantization: QuantizationQuality | None = Field(
         default=None, description="Quantized vs fp32 quality (argmax agreement, top-5 overlap, max |Δlogit|)."
+    )
+    lineage: list[LineageEntry] | None = Field(
+        default=None, description="The model (and held-out data) the repository was converted from."
+    )
+    input_revision: int | None = Field(
+        default=None, description="Re-runs of this generation after an input moved (names the run: g<gen>-r<n>)."
+    )
+    served_model_repository: str | None = Field(
+        default=None, description="Repository of the version the stable track serves."
+    )
+    canary_ready_since: str | None = Field(
+        default=None, description="When the canary's replicas were all ready (promotion counts from here)."
+    )
+    details: dict[str, Any] | None = Field(
+        default=None,
+        description="What the conversion reported besides the fields above (model name and version, the "
+        "models in the repository, the report's URI).",
     )
 
 
