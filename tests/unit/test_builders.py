@@ -386,3 +386,22 @@ def test_restricted_checker_catches_violations() -> None:
     pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
     assert len(restricted_violations(pod)) == 2
+
+
+def test_a_config_too_large_for_pod_annotations_is_refused_naming_the_field() -> None:
+    """Eight prompt variants with the longest system, header and user texts the schema allows (480 KB) pass
+    the API server, but a pod's annotations hold 256 KiB in all: the builder refuses (the object's
+    InvalidSpec, naming the field) instead of sending a Job the API server would refuse."""
+    ev = load([REPO / "examples" / "benchmarks" / "03-evaluations.yaml"])[0]
+    wire = ev.to_wire()
+    long = "x" * 20000
+    wire["spec"]["prompts"] = [{"name": f"v{i}", "system": long, "header": long, "user": long[:-10] + "{question}"}
+                               for i in range(8)]
+    wire["spec"].pop("thresholds", None)
+    big = _with_meta(KINDS["Evaluation"].model_validate(wire))
+    with pytest.raises(ValueError, match=r"spec\.prompts takes 4\d\d KiB") as err:
+        evaluation.get_children(big, _inputs(big), SETTINGS)  # type: ignore[arg-type]
+    assert "256 KiB" in str(err.value)
+    wire["spec"]["prompts"] = wire["spec"]["prompts"][:2]  # 120 KB: fits
+    (job,) = evaluation.get_children(_with_meta(KINDS["Evaluation"].model_validate(wire)), _inputs(big), SETTINGS)
+    assert len(common.stage_file(job).encode()) < common.STAGE_FILES_BUDGET

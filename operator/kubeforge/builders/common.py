@@ -46,6 +46,9 @@ POD_ANNOTATIONS_ANNOTATION = "kubeforge.io/pod-annotations"
 CONFIG_DIGEST_ANNOTATION = "kubeforge.io/config-digest"
 # Pod annotations that carry the stage's files (config.yaml, deepspeed.json), mounted by a downwardAPI volume.
 STAGE_FILE_ANNOTATION_PREFIX = "stage.kubeforge.io/"
+# Kubernetes refuses an object whose annotations take more than 256 KiB in all; the stage's files keep 16 KiB
+# of that for the user's pod annotations (kubeforge.io/pod-annotations) and the Prometheus ones.
+STAGE_FILES_BUDGET = 256 * 1024 - 16 * 1024
 # Local disk (the /tmp emptyDir: Hugging Face cache, Triton's S3 downloads) of a pod without
 # resources.ephemeralStorage.
 DEFAULT_EPHEMERAL_STORAGE = "20Gi"
@@ -403,12 +406,28 @@ def config_volume(files: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]
 
     No ConfigMap to create (one API write per stage, and one object per run, fewer), nothing another object
     of the same name could have left behind, and the config cannot change under a running pod (annotations
-    of a Job's pod template are immutable). The pod's annotations hold at most 256 KiB in all; a larger
-    config is refused by the API server at the Job's creation (ChildRejected, naming the limit)."""
+    of a Job's pod template are immutable). The pod's annotations hold at most 256 KiB in all
+    (`check_stage_files` refuses a larger config before the Job is sent)."""
     annotations = {STAGE_FILE_ANNOTATION_PREFIX + name: text for name, text in sorted(files.items())}
     items = [{"path": name, "fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
              for name, key in ((n, STAGE_FILE_ANNOTATION_PREFIX + n) for n in sorted(files))]
     return annotations, {"name": "config", "downwardAPI": {"items": items}}
+
+
+def check_stage_files(resource: KubeResource, files: dict[str, str]) -> None:
+    """ValueError (the object's InvalidSpec) when the stage's files would not fit in the pod's annotations,
+    naming the spec field that takes the most room, instead of the API server's refusal of the Job."""
+    size = sum(len(STAGE_FILE_ANNOTATION_PREFIX + name) + len(text.encode()) for name, text in files.items())
+    if size <= STAGE_FILES_BUDGET:
+        return
+    spec: dict[str, Any] = resource.to_wire().get("spec") or {}
+    sizes = {key: len(json.dumps(value, ensure_ascii=False).encode()) for key, value in spec.items()}
+    largest = max(sizes, key=lambda key: sizes[key])
+    raise ValueError(
+        f"the stage's config is {size // 1024} KiB and a pod's annotations, which carry it, hold at most "
+        f"{STAGE_FILES_BUDGET // 1024} KiB (Kubernetes: 256 KiB in all); spec.{largest} takes "
+        f"{sizes[largest] // 1024} KiB of it: shorten it (long texts belong in a Dataset)"
+    )
 
 
 def stage_file(job: Manifest, name: str = CONFIG_FILE) -> str:
@@ -466,6 +485,7 @@ def get_stage_workload(
     distributed_run = is_distributed(distributed)
     if deepspeed is not None:
         data[DEEPSPEED_FILE] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
+    check_stage_files(resource, data)
     file_annotations, config_files = config_volume(data)
     children: list[Manifest] = []
 
