@@ -12,7 +12,14 @@ and watches), and `--restart` (stop the operator when half the Jobs exist, start
 completes, no duplicate children). `--baseline DIR` runs the operator from another checkout (e.g. a
 `git worktree` of the previous commit) for a before/after table in the same run.
 
-    python bench/operator_throughput.py --n 100 [--n 1000] [--quick] [--restart] [--baseline DIR] [--json out.json]
+First comes an *ideal operator* run (skip it with `--no-ideal`): no operator; the bench creates each
+TrainingJob and right after it the Job the operator would create (the same pure builder). Its total and
+latency are what this cluster and machine need for the objects, their Jobs and the pods those start, the
+floor every operator sits on; the other runs report ratios against it (`vs_ideal`). The bench is a lean
+client (raw watch lines, raw POSTs) so that its own CPU stays out of what it measures.
+
+    python bench/operator_throughput.py --n 100 [--n 1000] [--quick] [--restart] [--baseline DIR] [--no-ideal]
+        [--json out.json]
 """
 
 from __future__ import annotations
