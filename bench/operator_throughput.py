@@ -25,6 +25,7 @@ client (raw watch lines, raw POSTs) so that its own CPU stays out of what it mea
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -199,18 +200,24 @@ def wait_for_earlier_namespaces(core: Any, limit_s: float = 600) -> float:
     return time.monotonic() - start
 
 
+@functools.cache
+def _ideal_settings() -> Any:
+    """The operator's settings, read once (as the operator does at startup)."""
+    from kubeforge.settings import OperatorSettings
+
+    return OperatorSettings.from_env({**os.environ, "KUBEFORGE_STORE_ROOT": "s3://bench/store"})
+
+
 def ideal_children(created: dict[str, Any]) -> list[dict[str, Any]]:
     """The children the operator would create for this TrainingJob, from the same pure builder (kinds.py)
     with its input resolved as the operator resolves it: what a zero-cost operator would send."""
     from kubeforge import kinds
-    from kubeforge.settings import OperatorSettings
     from kubeforge.stage import ResolvedInput
 
     meaning = kinds.of("TrainingJob")
     resource: Any = meaning.model.model_validate(created)
-    settings = OperatorSettings.from_env({**os.environ, "KUBEFORGE_STORE_ROOT": "s3://bench/store"})
     inputs = {"dataset": ResolvedInput(kind="Dataset", name="corpus", uri="s3://bench/corpus", digest="sha256:0")}
-    return list(meaning.children(resource, inputs, settings, 0))
+    return list(meaning.children(resource, inputs, _ideal_settings(), 0))
 
 
 def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart: bool = False,

@@ -131,10 +131,10 @@ async def _conversion(
         w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
     result, text = await stages.read_result(job, s.test_hooks)
-    quality = ((result.details if result is not None else None) or {}).get("quantization")
-    if isinstance(quality, dict):  # measured even when the quality gate failed the conversion
-        w.fields["quantization"] = quality
     if state == "Failed" or (result is not None and not result.succeeded):
+        quality = ((result.details if result is not None else None) or {}).get("quantization")
+        if isinstance(quality, dict):  # measured even when the quality gate failed the conversion
+            w.fields["quantization"] = quality
         why = (result.message if result is not None else "") or text or message
         w.set(common.MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
               f"Job {job_name} failed: {why}")
