@@ -92,40 +92,75 @@ def test_operator_reads_the_running_stages_progress(stage_port: int, monkeypatch
     assert asyncio.run(fresh()) is None, "no running pod: status left alone"
 
 
+def _listing(lists: list[str]) -> Any:
+    async def list_objects(*args: Any) -> list[dict[str, Any]]:
+        lists.append(args[3])
+        return [{"metadata": {"name": "p"}, "status": {"phase": "Running", "podIP": "127.0.0.1"}}]
+    return list_objects
+
+
 def test_unreachable_pod_leaves_status_alone_and_is_not_tried_again_soon(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pod that does not answer (KWOK, a NetworkPolicy) costs one LIST and one scrape per backoff, not per
     pass: with 1,000 such Jobs the resync loop does not pass them for progress either."""
     lists: list[str] = []
+    scraped: list[str] = []
+    monkeypatch.setattr(kube, "list_objects", _listing(lists))
 
-    async def list_objects(*args: Any) -> list[dict[str, Any]]:
-        lists.append(args[3])
-        return [{"metadata": {"name": "p"}, "status": {"phase": "Running", "podIP": "127.0.0.1"}}]
+    async def silent(url: str) -> str:
+        scraped.append(url)
+        raise TimeoutError  # what a scrape of a pod that never answers ends with, after SCRAPE_TIMEOUT_S
 
-    monkeypatch.setattr(kube, "list_objects", list_objects)
+    monkeypatch.setattr(progress, "_scrape", silent)
     job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {"ready": 1}}
-    port = free_port()
 
-    async def scenario() -> tuple[Any, Any, bool, bool]:
+    async def scenario() -> tuple[Any, Any, bool, bool, float]:
         common.configure()
         common.remember({"kind": "Job", **job})
         was_due = progress.readable("ml", "j")
-        first = await progress.read_progress(job, port)
-        second = await progress.read_progress(job, port)
+        first = await progress.read_progress(job, 9)
+        second = await progress.read_progress(job, 9)
         due = progress.readable("ml", "j")
+        wait = state.current().scrapes[("ml", "j")][1] - time.monotonic()
         await state.current().api.close()
-        return was_due, first, second, due
+        return was_due, first, second, due, wait
 
-    was_due, first, second, due = asyncio.run(scenario())
+    was_due, first, second, due, wait = asyncio.run(scenario())
     assert was_due, "a Ready pod, never tried: a progress read is due"
     assert first is None and second is None
-    assert len(lists) == 1, "the second read within the backoff neither lists pods nor scrapes"
-    assert not due
+    assert len(lists) == 1 and len(scraped) == 1, "the second read within the backoff neither lists pods nor scrapes"
+    assert not due and wait > progress.UNREACHABLE_BACKOFF_S - 5
 
     async def not_ready() -> Any:
         common.configure()
-        return await progress.read_progress({"metadata": {"name": "k", "namespace": "ml"}, "status": {}}, port)
+        return await progress.read_progress({"metadata": {"name": "k", "namespace": "ml"}, "status": {}}, 9)
 
     assert asyncio.run(not_ready()) is None and len(lists) == 1, "no Ready pod in the Job's status: no LIST"
+
+
+def test_a_ready_pod_whose_stage_is_still_starting_is_read_again_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage pod is Ready as soon as its container starts, seconds before the stage's metrics endpoint
+    listens: the refused connection (a real one, on a free port) is tried again after STARTING_RETRY_S with
+    the pod's IP kept, not after the 30 s backoff, which would miss a short stage's steps. Regression: the
+    real-node pipeline's 40 s pretraining showed no live progress at all."""
+    lists: list[str] = []
+    monkeypatch.setattr(kube, "list_objects", _listing(lists))
+    job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {"ready": 1}}
+    port = free_port()
+
+    async def scenario() -> tuple[Any, bool, float, Any]:
+        common.configure()
+        common.remember({"kind": "Job", **job})
+        first = await progress.read_progress(job, port)
+        due = progress.readable("ml", "j")
+        ip, next_try = state.current().scrapes[("ml", "j")]
+        wait = next_try - time.monotonic()
+        await state.current().api.close()
+        return first, due, wait, ip
+
+    first, due, wait, ip = asyncio.run(scenario())
+    assert first is None and not due
+    assert 0 < wait <= progress.STARTING_RETRY_S, f"tried again in {wait:.1f} s"
+    assert ip == "127.0.0.1" and len(lists) == 1, "the pod's IP is kept: the next read does not list pods"
 
 
 def test_running_objects_are_resynced_at_the_progress_interval() -> None:

@@ -10,6 +10,9 @@ Cheap at scale: the rank-0 pod's IP is listed once per Job and remembered (Opera
 scrape goes through the run's aiohttp session (no thread, 2 s at most), and a Job whose pod did not answer
 is not tried again for UNREACHABLE_BACKOFF_S, during which the resync loop does not pass it for progress
 either. So 1,000 running Jobs on fake (KWOK) or firewalled nodes cost no pod LIST and no scrape per tick.
+A refused connection is different: the pod is there and Ready (it has no readiness probe) but its stage is
+still importing its libraries, so it is tried again after STARTING_RETRY_S, keeping its IP; a 30 s wait
+there would miss most of a short stage's steps.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ SCRAPE_TIMEOUT_S = 2.0
 # A Job whose pod did not answer (or has no running pod yet) is tried again after this long.
 UNREACHABLE_BACKOFF_S = 30.0
 NO_POD_RETRY_S = 5.0
+STARTING_RETRY_S = 3.0
 GAUGES = {
     "kubeforge_train_step": "step",
     "kubeforge_train_total_steps": "totalSteps",
@@ -115,6 +119,12 @@ async def read_progress(job: dict[str, Any], port: int = METRICS_PORT) -> dict[s
             return None
     try:
         text = await _scrape(f"http://{ip}:{port}/metrics")
+    except aiohttp.ClientConnectorError as err:
+        if isinstance(err.os_error, ConnectionRefusedError):  # the pod answered: its stage is not listening yet
+            scrapes[key] = (ip, now + STARTING_RETRY_S)
+        else:
+            scrapes[key] = (None, now + UNREACHABLE_BACKOFF_S)
+        return None
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
         scrapes[key] = (None, now + UNREACHABLE_BACKOFF_S)  # the pod may be gone: list again next time
         return None
