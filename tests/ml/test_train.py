@@ -65,6 +65,41 @@ def test_pretrain_from_architecture_trains_tokenizer_and_loss_falls(
     _generate(out)
 
 
+def test_the_same_spec_gives_the_same_weights(
+    tmp_path: Path, tiny_dataset_dir: Callable[[str], Path], make_stage_config: Any, fast_hparams: Any
+) -> None:
+    """A model from an architecture and a LoRA adapter start from random weights: they come from
+    `hyperparameters.seed`, not from whatever the process's random state was. Regression: unseeded, the
+    quickstart's pretraining ended at a different loss on every run and its evaluation gate passed or not."""
+    data = tiny_dataset_dir("text")
+    spec = {
+        "method": "pretrain",
+        "model": {"architecture": {"family": "llama", "hiddenSize": 32, "numLayers": 1, "numHeads": 4}},
+        "tokenizer": {"trainVocabSize": 300},
+        "dataset": {"name": "text"},
+        "precision": "fp32",
+        "hyperparameters": fast_hparams(maxSteps=2, learningRate=1e-2),
+    }
+    states = []
+    for i, noise in enumerate((1, 2)):
+        torch.manual_seed(noise)  # another state, as another process would start with
+        out = tmp_path / f"run{i}"
+        assert _run(make_stage_config("TrainingJob", spec, out, {"dataset": data})).succeeded
+        states.append(_state(out))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), "two runs of one spec, two models"
+    lora = {k: v for k, v in spec.items() if k != "tokenizer"} | {
+        "method": "sft", "model": {"uri": str(tmp_path / "run0")}, "dataset": {"name": "instr"},
+        "peft": {"method": "lora", "r": 4, "alpha": 8, "merge": False}}
+    adapters = []
+    for i, noise in enumerate((3, 4)):
+        torch.manual_seed(noise)
+        out = tmp_path / f"lora{i}"
+        assert _run(make_stage_config("TrainingJob", lora, out, {"dataset": tiny_dataset_dir("instruction")})).succeeded
+        adapters.append(sorted((p.name, p.read_bytes()) for p in out.glob("adapter_model.*")))
+    assert adapters[0] and adapters[0] == adapters[1], "two runs of one LoRA spec, two adapters"
+
+
 @pytest.mark.parametrize(
     ("peft", "merge"),
     [

@@ -109,6 +109,7 @@ def _tokenizer(spec: TrainingJobSpec, train_ds: Any, base_loc: str | None, scrat
 
 def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
     """Train, save the model (layout in modelio), report metrics."""
+    from transformers import set_seed
     from trl.trainer.sft_config import SFTConfig
     from trl.trainer.sft_trainer import SFTTrainer
 
@@ -148,6 +149,9 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
         assistant_only_loss=assistant_only,
     )
 
+    # Seeded before any weight is made: a model from an architecture and new adapter weights (LoRA's A, a
+    # prompt encoder) are random, and the Trainer seeds only after they exist. Same spec, same weights.
+    set_seed(hp.seed)
     if spec.model.architecture is not None:
         model = modelio.build_from_architecture(spec.model.architecture, tok)
     else:
