@@ -136,6 +136,9 @@ def operator(
     """Run the Kubeforge operator (kopf; by default standalone: one replica, no peering)."""
     import threading
 
+    from . import login
+
+    login.keep_client_library_out()  # before kopf, which imports the client library when it can
     import kopf
 
     from . import (
@@ -153,10 +156,16 @@ def operator(
         # kopf logs "Handler 'track' succeeded." for every watch event (thousands per minute at scale, and a
         # few per cent of the operator's CPU); warnings and errors of handlers still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings = kopf.OperatorSettings()
+    # Exact namespace names need no namespace scan. kopf would list namespaces anyway, and a namespaced
+    # install is not allowed to: 9 refused attempts with backoff, about 40 s, on every start, before kopf
+    # falls back to the names given. Patterns (`kf-*`) still scan, which needs the cluster-wide RBAC.
+    settings.scanning.disabled = bool(namespaces) and not any(set(ns) & set("*?[]!,") for ns in namespaces)
     started = threading.Event()  # kopf sets it once the startup handlers are done
     server = health.serve(readiness, started) if readiness else None
     try:
         kopf.run(
+            settings=settings,
             standalone=standalone,
             clusterwide=not namespaces,
             namespaces=namespaces,

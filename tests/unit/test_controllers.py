@@ -386,7 +386,6 @@ def test_one_http_session_with_keep_alive_credentials_and_api_messages(
     on the same connection while they come one at a time, never more than CONNECTION_LIMIT at once), the
     API server's message in KubeError, and a fresh session for an operator run in a new event loop."""
     from aiohttp import web
-    from kubernetes.config import kube_config
 
     peers: set[object] = set()
     auth: set[str | None] = set()
@@ -424,9 +423,8 @@ def test_one_http_session_with_keep_alive_credentials_and_api_messages(
                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
         path = tmp_path / "kubeconfig"
         path.write_text(yaml.safe_dump(cfg))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+        monkeypatch.setenv("KUBECONFIG", str(path))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        monkeypatch.delenv("KUBECONFIG", raising=False)
         try:
             common.configure(api=kube.Client())
             for i in range(10):

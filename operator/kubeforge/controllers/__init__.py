@@ -15,6 +15,7 @@ from ..builders.common import MANAGED_BY
 from . import (
     bounded,
     common,
+    credentials,
     deps,
     kube,
     modeldeployment,
@@ -25,7 +26,7 @@ from . import (
 )
 
 __all__ = [
-    "bounded", "common", "deps", "kube", "modeldeployment", "resync", "stages", "state", "workers",
+    "bounded", "common", "credentials", "deps", "kube", "modeldeployment", "resync", "stages", "state", "workers",
 ]
 
 
@@ -42,6 +43,13 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+@kopf.on.login()
+def login(logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches log in from the same source as the operator's own requests (credentials.py); kopf runs
+    this sync handler in a thread, and again when the API server answers 401."""
+    return credentials.load(logger)
 
 
 @kopf.on.startup()

@@ -2,9 +2,9 @@
 
 One `aiohttp` session per operator run (its keep-alive pool shared by every pass; kopf itself talks to the
 API server through aiohttp too), so no request occupies a thread and the pool is sized where it is made.
-The `kubernetes` package only loads the credentials (in-cluster service account or kubeconfig, including
-its token refresh). Requests are built generically from apiVersion/kind, which keeps one code path for every
-child kind: create (409 = already there), server-side apply, get, list, delete.
+The credentials come from credentials.py (the pod's service account or a kubeconfig, re-read every minute),
+the source kopf's watches log in with too. Requests are built generically from apiVersion/kind, which
+keeps one code path for every child kind: create (409 = already there), server-side apply, get, list, delete.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from typing import Any, cast
+import time
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from kubernetes import client, config
+import kopf
 
 from ..api.v1alpha1 import GROUP, KINDS, VERSION
+from . import credentials
 
 FIELD_MANAGER = "kubeforge-operator"
 PLURALS = {
@@ -55,26 +57,6 @@ def is_rejection(exc: KubeError) -> bool:
     return exc.status in (400, 403, 422) and "exceeded quota" not in exc.message
 
 
-def load_configuration() -> client.Configuration:
-    """The operator's credentials: in-cluster config when inside a pod, else KUBECONFIG / ~/.kube/config."""
-    cfg = type.__call__(client.Configuration)  # a fresh one, not a copy of the process default
-    try:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    loaded: client.Configuration = cfg
-    return loaded
-
-
-def _ssl_context(cfg: client.Configuration) -> ssl.SSLContext | bool:
-    if not cfg.verify_ssl:
-        return False
-    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return ctx
-
-
 class Client:
     """The API server's address, the operator's credentials and one keep-alive connection pool.
 
@@ -83,21 +65,32 @@ class Client:
     the work queue retries it with backoff.
     """
 
-    def __init__(self, cfg: client.Configuration | None = None) -> None:
-        self._cfg = cfg
-        self._ssl: ssl.SSLContext | bool | None = None
+    def __init__(self, info: kopf.ConnectionInfo | None = None) -> None:
+        self._info = info
+        self._fixed = info is not None  # given (tests): never re-read
+        self._loaded = 0.0
+        self._ssl: ssl.SSLContext | bool = False
         self._session: aiohttp.ClientSession | None = None
+        self._lock: asyncio.Lock | None = None
 
-    @property
-    def configuration(self) -> client.Configuration:
-        """The credentials, loaded on first use (so a state can exist where no cluster is configured)."""
-        if self._cfg is None:
-            self._cfg = load_configuration()
-        return self._cfg
+    def _stale(self) -> bool:
+        age = time.monotonic() - self._loaded
+        return not self._loaded or (not self._fixed and age >= credentials.CREDENTIALS_TTL_S)
 
-    @property
-    def host(self) -> str:
-        return str(self.configuration.host).rstrip("/")
+    async def credentials(self) -> kopf.ConnectionInfo:
+        """The credentials (and their SSL context), loaded on first use (so a state can exist where no cluster
+        is configured) and again after CREDENTIALS_TTL_S (a rotated service-account token), in a thread: a
+        kubeconfig's login plugin is a subprocess."""
+        if self._stale():
+            self._lock = self._lock or asyncio.Lock()
+            async with self._lock:
+                if self._stale():
+                    info = self._info if self._fixed and self._info else await asyncio.to_thread(credentials.load)
+                    https = str(info.server).startswith("https")
+                    self._ssl = await asyncio.to_thread(info.as_ssl_context) if https else False
+                    self._info, self._loaded = info, time.monotonic()
+        assert self._info is not None
+        return self._info
 
     @classmethod
     def from_environment(cls) -> Client:
@@ -112,14 +105,6 @@ class Client:
             )
         return self._session
 
-    def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        for auth in self.configuration.auth_settings().values():  # refreshes an expiring token first
-            setting = cast(dict[str, Any], auth)
-            if setting.get("in") == "header" and setting.get("value"):
-                headers[str(setting["key"])] = str(setting["value"])
-        return headers
-
     async def request(
         self,
         method: str,
@@ -132,15 +117,11 @@ class Client:
         """One request; the decoded JSON answer (None when `answer` is False: a create's echo of the object is
         not read), or KubeError with the API server's message."""
         data = body if body is None or isinstance(body, str) else json.dumps(body)
-        if self._ssl is None:  # the API server's CA and the client certificate, read once
-            self._ssl = _ssl_context(self.configuration) if self.host.startswith("https") else False
-        server_name = getattr(self.configuration, "tls_server_name", None)
-        kwargs: dict[str, Any] = {"ssl": self._ssl}
-        if server_name:
-            kwargs["server_hostname"] = server_name
+        info = await self.credentials()
+        headers = {"Accept": "application/json", "Content-Type": content_type, **info.as_http_headers()}
         async with self.session().request(
-            method, self.host + url_path + (f"?{urlencode(query)}" if query else ""),
-            data=data, headers=self._headers(content_type), **kwargs,
+            method, str(info.server).rstrip("/") + url_path + (f"?{urlencode(query)}" if query else ""),
+            data=data, headers=headers, ssl=self._ssl,
         ) as resp:
             text = await resp.read()
             if resp.status >= 300:
