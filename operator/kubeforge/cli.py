@@ -134,6 +134,7 @@ def operator(
     ),
 ) -> None:
     """Run the Kubeforge operator (kopf; by default standalone: one replica, no peering)."""
+    import gc
     import threading
 
     from . import login
@@ -161,6 +162,9 @@ def operator(
     # install is not allowed to: 9 refused attempts with backoff, about 40 s, on every start, before kopf
     # falls back to the names given. Patterns (`kf-*`) still scan, which needs the cluster-wide RBAC.
     settings.scanning.disabled = bool(namespaces) and not any(set(ns) & set("*?[]!,") for ns in namespaces)
+    # What was imported (kopf, pydantic's models and schemas, the API) lives as long as the process: frozen,
+    # the cyclic garbage collector stops walking it on every full collection of the objects' churn.
+    gc.freeze()
     started = threading.Event()  # kopf sets it once the startup handlers are done
     server = health.serve(readiness, started) if readiness else None
     try:
