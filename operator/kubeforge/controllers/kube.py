@@ -77,7 +77,7 @@ class Client:
         age = time.monotonic() - self._loaded
         return not self._loaded or (not self._fixed and age >= credentials.CREDENTIALS_TTL_S)
 
-    async def credentials(self) -> kopf.ConnectionInfo:
+    async def login(self) -> kopf.ConnectionInfo:
         """The credentials (and their SSL context), loaded on first use (so a state can exist where no cluster
         is configured) and again after CREDENTIALS_TTL_S (a rotated service-account token), in a thread: a
         kubeconfig's login plugin is a subprocess."""
@@ -117,7 +117,7 @@ class Client:
         """One request; the decoded JSON answer (None when `answer` is False: a create's echo of the object is
         not read), or KubeError with the API server's message."""
         data = body if body is None or isinstance(body, str) else json.dumps(body)
-        info = await self.credentials()
+        info = await self.login()
         headers = {"Accept": "application/json", "Content-Type": content_type, **info.as_http_headers()}
         async with self.session().request(
             method, str(info.server).rstrip("/") + url_path + (f"?{urlencode(query)}" if query else ""),
@@ -137,6 +137,7 @@ class Client:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._lock = None  # bound to this loop once contended; a run in a new loop makes its own
 
 
 def api() -> Client:
