@@ -148,8 +148,10 @@ start_containerd() {
 # registry (Debian's docker-registry, i.e. CNCF distribution) serves on loopback from ~/.cache, so a code
 # change pushes and pulls only the layers that changed. References for the cluster go to $RUN_DIR/images.env.
 start_registry() {
+  local env_file="$1"
   mkdir -p "$REGISTRY_DIR"
   if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then
+    prune_registry "$env_file"
     cat >"$RUN_DIR/registry.yml" <<EOF
 version: 0.1
 log: {level: warn}
@@ -180,13 +182,47 @@ push_and_pull() {
       || die "podman push $remote failed"
     ctr_ images pull --plain-http "$remote" >/dev/null || die "containerd could not pull $remote"
   done <"$env_file"
-  # Drop older versions of our images from the node (containerd garbage-collects their layers).
-  local current old
-  current=" $(cut -d= -f2 "$RUN_DIR/images.env" | tr '\n' ' ') "
-  for old in $(ctr_ images ls -q | grep "^$REGISTRY/kubeforge/" || true); do
-    [[ "$current" == *" $old "* ]] || ctr_ images rm "$old" >/dev/null 2>&1 || true
-  done
+  prune_node_images
   log "images on the node ($((SECONDS - start))s); references in $RUN_DIR/images.env"
+}
+
+# Drop every other version of our images from the node, by manifest digest: the named references and the
+# sha256:<image id> references the CRI plugin adds for each image it has seen (those alone kept 20 GB of old
+# layers after a few dozen builds). containerd then garbage-collects their content and snapshots.
+prune_node_images() {
+  local current keep="" ref digest
+  current=" $(cut -d= -f2 "$RUN_DIR/images.env" | tr '\n' ' ') "
+  while read -r ref digest; do
+    [[ "$current" == *" $ref "* ]] && keep+=" $digest"
+  done < <(ctr_ images ls | awk 'NR > 1 {print $1, $3}')
+  while read -r ref digest; do
+    [[ "$ref" == "$REGISTRY/kubeforge/"* || "$ref" == sha256:* ]] || continue
+    [[ "$keep " == *" $digest "* ]] || ctr_ images rm "$ref" >/dev/null 2>&1 || true
+  done < <(ctr_ images ls | awk 'NR > 1 {print $1, $3}')
+}
+
+# The registry keeps every pushed tag. Before it starts, untag all but the references in images.env and let
+# its garbage collector delete the manifests and blobs nothing current refers to; the current layers stay,
+# so the next build still pushes only what changed.
+prune_registry() {
+  local env_file="$1" repos="$REGISTRY_DIR/docker/registry/v2/repositories" keep="" key ref tag
+  [[ -d "$repos/kubeforge" ]] || return 0
+  while IFS='=' read -r key ref; do
+    [[ "$key" == KUBEFORGE_IMAGE_* ]] && keep+=" ${ref#localhost/}"
+  done <"$env_file"
+  for tag in "$repos"/kubeforge/*/_manifests/tags/*; do
+    [[ -d "$tag" ]] || continue
+    ref="${tag#"$repos/"}"
+    ref="${ref%%/_manifests/*}:${tag##*/}"
+    [[ "$keep " == *" $ref "* ]] || rm -rf "$tag"
+  done
+  cat >"$RUN_DIR/registry-gc.yml" <<EOF
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $REGISTRY_DIR}}
+EOF
+  docker-registry garbage-collect --delete-untagged "$RUN_DIR/registry-gc.yml" >"$RUN_DIR/logs/registry-gc.log" 2>&1 \
+    || log "registry garbage collection failed (see $RUN_DIR/logs/registry-gc.log); continuing"
 }
 
 start_kubelet() {
@@ -243,7 +279,7 @@ cmd_up() {
   # shellcheck disable=SC1090
   local pause; pause="$(sed -n 's/^KUBEFORGE_IMAGE_PAUSE=//p' "$env_file")"
   write_configs "$REGISTRY/${pause#localhost/}"
-  start_registry
+  start_registry "$env_file"
   start_containerd
   push_and_pull "$env_file"
   start_kubelet
