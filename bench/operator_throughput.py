@@ -65,6 +65,8 @@ class Watcher:
 
     def __init__(self, list_fn: Any, *args: Any) -> None:
         self.seen: dict[str, float] = {}
+        self.restarts = 0  # streams the API server ended early (resumed from the last resourceVersion)
+        self.relisted = False  # a resume was refused (410 Gone): objects listed then got late first-seen times
         self._resp: Any = None
         self._stopped = False
         self._thread = threading.Thread(target=self._run, args=(list_fn, args), daemon=True)
@@ -73,14 +75,27 @@ class Watcher:
     def _run(self, list_fn: Any, args: tuple[Any, ...]) -> None:
         from kubernetes.watch.watch import iter_resp_lines
 
-        try:
-            self._resp = list_fn(*args, watch=True, timeout_seconds=3600, _preload_content=False)
-            for line in iter_resp_lines(self._resp):
-                event = json.loads(line)
-                self.seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
-        except Exception:  # stop() cuts the stream
+        rv = ""
+        while not self._stopped:
+            try:
+                extra = {"resource_version": rv} if rv else {}
+                self._resp = list_fn(*args, watch=True, timeout_seconds=3600, allow_watch_bookmarks=True,
+                                     _preload_content=False, **extra)
+                for line in iter_resp_lines(self._resp):
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":  # 410: the revision is compacted; start over
+                        rv, self.relisted = "", True
+                        break
+                    meta = event["object"]["metadata"]
+                    rv = meta.get("resourceVersion") or rv
+                    if event["type"] != "BOOKMARK":
+                        self.seen.setdefault(meta["name"], time.monotonic())
+            except Exception:  # stop() cuts the stream
+                if self._stopped:
+                    return
+                time.sleep(0.2)
             if not self._stopped:
-                raise
+                self.restarts += 1
 
     def stop(self) -> None:
         self._stopped = True
@@ -339,6 +354,8 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         "latency_p95_s": round(percentile(watched if len(watched) == n else stamped, 95), 3),
         "latency_max_s": round(max(watched if len(watched) == n else stamped), 3),
         "watch_saw": len(watched),
+        "watch_restarts": job_watch.restarts,
+        "watch_relisted": job_watch.relisted,
         "ts_latency_p50_s": round(statistics.median(stamped), 1),
         "ts_latency_p95_s": round(percentile(stamped, 95), 1),
         "jobs_per_second": round(n / total, 1),
