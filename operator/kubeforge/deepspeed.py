@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api.v1alpha1.common import Distributed
+from .api.v1alpha1.training import Distributed
 
 DEEPSPEED_FILE = "deepspeed.json"
 DEEPSPEED_ENV = "KUBEFORGE_DEEPSPEED_CONFIG"

@@ -30,7 +30,7 @@ from .api.v1alpha1 import (
     TrainingJob,
 )
 from .api.v1alpha1 import conditions as c
-from .api.v1alpha1.common import CommonStatus, WorkloadStatus
+from .api.v1alpha1.status import CommonStatus, WorkloadStatus
 from .builders import dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
 from .manifests import explain
 from .settings import OperatorSettings

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from .api.v1alpha1.common import Toleration
+from .api.v1alpha1.podspec import Toleration
 
 
 def _bool(value: str) -> bool:

@@ -18,7 +18,8 @@ import yaml
 from pydantic import Field
 
 from .api.v1alpha1 import KINDS, KubeResource
-from .api.v1alpha1.common import Artifact, KubeModel, LineageEntry, Progress
+from .api.v1alpha1.base import KubeModel
+from .api.v1alpha1.status import Artifact, LineageEntry, Progress
 
 TRAINER_MODULE = "kubeforge_trainer"
 SERVING_MODULE = "kubeforge_serving"

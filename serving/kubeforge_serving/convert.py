@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubeforge.api.v1alpha1.common import Artifact, Progress
+from kubeforge.api.v1alpha1.status import Artifact, Progress
 from kubeforge.stage import TERMINATION_LOG, StageConfig, StageResult, local_path
 
 from . import ServingError

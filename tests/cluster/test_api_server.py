@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 from kubeforge.api.v1alpha1 import GROUP, KINDS, VERSION
-from kubeforge.api.v1alpha1.common import Peft
 from kubeforge.api.v1alpha1.dataset import Split
 from kubeforge.api.v1alpha1.modeldeployment import Quantization
 from kubeforge.api.v1alpha1.rlhfjob import RLHFJobSpec
+from kubeforge.api.v1alpha1.training import Peft
 from kubeforge.api.v1alpha1.trainingjob import TrainingJobSpec
 from kubeforge.manifests import ManifestError, iter_documents, parse
 from kubernetes import client

@@ -24,7 +24,7 @@ import pytest
 import s3fs
 from kubeforge.api.v1alpha1 import Dataset
 from kubeforge.builders import dataset as dataset_builder
-from kubeforge.builders.common import stage_file
+from kubeforge.builders.workloads import stage_file
 from kubeforge.settings import OperatorSettings
 from kubeforge.stage import CONFIG_FILE, StageConfig
 from kubeforge_trainer import dataio

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubeforge import crdgen
 from kubeforge.api.v1alpha1 import KINDS
-from kubeforge.api.v1alpha1.common import MSG_NAME_LENGTH
+from kubeforge.api.v1alpha1.base import MSG_NAME_LENGTH
 from kubeforge.manifests import ManifestError, iter_documents, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,16 @@ import pytest
 import yaml
 from kubeforge import deepspeed
 from kubeforge.api.v1alpha1 import KINDS, KubeResource, ModelDeployment, TrainingJob
-from kubeforge.builders import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
+from kubeforge.builders import (
+    dataset,
+    evaluation,
+    modeldeployment,
+    naming,
+    rewardmodel,
+    rlhfjob,
+    trainingjob,
+    workloads,
+)
 from kubeforge.manifests import load
 from kubeforge.settings import OperatorSettings
 from kubeforge.stage import CONFIG_FILE, ResolvedInput, StageConfig, dependencies, stage_command
@@ -198,7 +207,7 @@ def test_multinode_deepspeed_job() -> None:
     assert pod["subdomain"] == svc["metadata"]["name"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     container = pod["containers"][0]
-    config = StageConfig.model_validate_json(common.stage_file(job, CONFIG_FILE))
+    config = StageConfig.model_validate_json(workloads.stage_file(job, CONFIG_FILE))
     assert container["command"] == [
         "torchrun", "--nnodes", "2", "--nproc-per-node", "8", "--node-rank", "$(NODE_RANK)",
         "--master-addr", "base-lm-pretrain-g3-0.base-lm-pretrain-g3", "--master-port", "29500",
@@ -209,7 +218,7 @@ def test_multinode_deepspeed_job() -> None:
     assert env["MASTER_ADDR"]["value"] == "base-lm-pretrain-g3-0.base-lm-pretrain-g3"
     assert "valueFrom" in env["NODE_RANK"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    ds = json.loads(common.stage_file(job, "deepspeed.json"))
+    ds = json.loads(workloads.stage_file(job, "deepspeed.json"))
     assert {"name": "KUBEFORGE_DEEPSPEED_CONFIG", "value": "/etc/kubeforge/deepspeed.json"} in container["env"]
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
     assert ds == deepspeed.get_deepspeed_config(tj.spec)
@@ -234,20 +243,20 @@ def test_pod_carries_the_shared_stage_config() -> None:
     inputs = _inputs(tj)
     (job,) = trainingjob.get_children(tj, inputs, SETTINGS)
     expected = trainingjob.get_stage_config(tj, inputs, SETTINGS)
-    assert common.stage_file(job, CONFIG_FILE) == expected.dump()
+    assert workloads.stage_file(job, CONFIG_FILE) == expected.dump()
     pod = job["spec"]["template"]["spec"]
     config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
     assert config_volume["downwardAPI"]["items"] == [{"path": CONFIG_FILE, "fieldRef": {
-        "fieldPath": f"metadata.annotations['{common.STAGE_FILE_ANNOTATION_PREFIX}{CONFIG_FILE}']"}}]
+        "fieldPath": f"metadata.annotations['{naming.STAGE_FILE_ANNOTATION_PREFIX}{CONFIG_FILE}']"}}]
     assert {"name": "config", "mountPath": "/etc/kubeforge", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == stage_command(expected)
-    assert job["metadata"]["annotations"][common.CONFIG_DIGEST_ANNOTATION] == expected.digest()
+    assert job["metadata"]["annotations"][naming.CONFIG_DIGEST_ANNOTATION] == expected.digest()
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-trainingjob-chat-sft"
 
 
 def test_pod_annotations_and_overrides() -> None:
     body = _pipeline()["chat-sft"].to_wire()
-    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: '{"example.com/trace": "on"}'}
+    body["metadata"]["annotations"] = {naming.POD_ANNOTATIONS_ANNOTATION: '{"example.com/trace": "on"}'}
     body["spec"]["resources"]["podOverrides"] = {
         "env": [{"name": "EXTRA", "value": "1"}],
         "annotations": {"example.com/team": "nlp"},
@@ -264,14 +273,14 @@ def test_pod_annotations_and_overrides() -> None:
     assert "EXTRA" in envs and "PYTHONUNBUFFERED" in envs
 
     # Reserved keys (e.g. KWOK's kubeforge.io/test-fail) only with the operator's test hooks on.
-    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: '{"kubeforge.io/test-fail": "true"}'}
+    body["metadata"]["annotations"] = {naming.POD_ANNOTATIONS_ANNOTATION: '{"kubeforge.io/test-fail": "true"}'}
     tj = TrainingJob.model_validate(body)
     with pytest.raises(ValueError, match=r"kubeforge\.io/pod-annotations.*reserved: kubeforge\.io/test-fail"):
         trainingjob.get_children(tj, _inputs(tj), SETTINGS)
     job = trainingjob.get_children(tj, _inputs(tj), OperatorSettings(test_hooks=True))[-1]
     assert job["spec"]["template"]["metadata"]["annotations"]["kubeforge.io/test-fail"] == "true"
 
-    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: "[1]"}
+    body["metadata"]["annotations"] = {naming.POD_ANNOTATIONS_ANNOTATION: "[1]"}
     with pytest.raises(ValueError, match=r"kubeforge\.io/pod-annotations"):
         trainingjob.get_children(TrainingJob.model_validate(body), {}, SETTINGS)
 
@@ -280,9 +289,9 @@ def test_child_name_is_deterministic_and_bounded() -> None:
     tj = _pipeline()["chat-sft"].to_wire()
     tj["metadata"]["name"] = "a" * 63
     res = TrainingJob.model_validate(tj)
-    n1, n2 = common.child_name(res, "sft"), common.child_name(res, "sft")
-    assert n1 == n2 and len(n1) <= common.MAX_CHILD_NAME and n1.endswith("-g3")
-    assert common.child_name(res, "sft", 4) != n1
+    n1, n2 = naming.child_name(res, "sft"), naming.child_name(res, "sft")
+    assert n1 == n2 and len(n1) <= naming.MAX_CHILD_NAME and n1.endswith("-g3")
+    assert naming.child_name(res, "sft", 4) != n1
 
 
 def test_storage_mounts_store_and_input_claims() -> None:
@@ -404,4 +413,4 @@ def test_a_config_too_large_for_pod_annotations_is_refused_naming_the_field() ->
     assert "256 KiB" in str(err.value)
     wire["spec"]["prompts"] = wire["spec"]["prompts"][:2]  # 120 KB: fits
     (job,) = evaluation.get_children(_with_meta(KINDS["Evaluation"].model_validate(wire)), _inputs(big), SETTINGS)
-    assert len(common.stage_file(job).encode()) < common.STAGE_FILES_BUDGET
+    assert len(workloads.stage_file(job).encode()) < workloads.STAGE_FILES_BUDGET

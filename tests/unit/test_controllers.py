@@ -15,7 +15,7 @@ import kopf
 import pytest
 import yaml
 from kubeforge import controllers, kinds, stage
-from kubeforge.builders.common import stage_file
+from kubeforge.builders.workloads import stage_file
 from kubeforge.controllers import common, deps, kube, resync, stages, state, workers
 
 NS = "ml"

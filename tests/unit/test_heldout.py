@@ -7,7 +7,7 @@ from typing import Any
 
 from kubeforge import kinds
 from kubeforge.api.v1alpha1 import ModelDeployment
-from kubeforge.builders.common import stage_file
+from kubeforge.builders.workloads import stage_file
 from kubeforge.controllers import common
 from kubeforge.heldout import (
     HeldOutSource,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from kubeforge import crdgen
 from kubeforge.api.v1alpha1 import KINDS
-from kubeforge.api.v1alpha1.common import TP_NEEDS_FULL_TRAINING, TP_RULES
 from kubeforge.api.v1alpha1.rlhfjob import TP_NEEDS_DPO
+from kubeforge.api.v1alpha1.training import TP_NEEDS_FULL_TRAINING, TP_RULES
 from kubeforge.api.v1alpha1.trainingjob import TrainingJobSpec
 from kubeforge.deepspeed import get_deepspeed_config
 from kubeforge.manifests import ManifestError, parse

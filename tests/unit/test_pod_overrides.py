@@ -17,14 +17,16 @@ import pytest
 import yaml
 from kubeforge import crdgen
 from kubeforge.api.v1alpha1 import KINDS, KubeResource
-from kubeforge.api.v1alpha1.common import (
+from kubeforge.api.v1alpha1.podrules import (
     RESERVED_ENV_NAMES,
     RESERVED_ENV_PREFIX,
     RESERVED_MOUNT_PATHS,
     RESERVED_VOLUME_NAMES,
     RESERVED_VOLUME_PREFIX,
 )
-from kubeforge.builders import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
+from kubeforge.builders import dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
+from kubeforge.builders.naming import MANAGED_BY, POD_ANNOTATIONS_ANNOTATION
+from kubeforge.builders.pods import get_container_security_context, get_pod_security_context
 from kubeforge.manifests import ManifestError, load, parse
 from kubeforge.settings import OperatorSettings, WorkloadPodDefaults
 from kubeforge.stage import ResolvedInput, dependencies
@@ -392,7 +394,7 @@ def restricted_problems(template: dict[str, Any]) -> list[str]:
         if key in pod:
             out.append(f"pod sets {key}")
     psc = pod.get("securityContext") or {}
-    if psc != common.get_pod_security_context():
+    if psc != get_pod_security_context():
         out.append(f"pod securityContext is not the operator's: {psc}")
     if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") in (0, None):
         out.append("pod must run as non-root")
@@ -410,7 +412,7 @@ def restricted_problems(template: dict[str, Any]) -> list[str]:
         out.append("exactly one container, no init or ephemeral containers")
     for c in containers:
         sc = c.get("securityContext") or {}
-        if sc != common.get_container_security_context():
+        if sc != get_container_security_context():
             out.append(f"{c['name']}: securityContext is not the operator's: {sc}")
         if sc.get("privileged"):
             out.append(f"{c['name']}: privileged")
@@ -474,7 +476,7 @@ def test_permissive_overrides_are_applied() -> None:
         assert pod["topologySpreadConstraints"] == PERMISSIVE["topologySpreadConstraints"]
         assert pod["priorityClassName"] == "ml-batch"
         assert meta["labels"]["team"] == "nlp" and meta["labels"]["app.kubernetes.io/managed-by"] == (
-            common.MANAGED_BY)
+            MANAGED_BY)
         assert meta["annotations"]["example.com/cost-center"] == "nlp"  # the object's wins over the default
         assert meta["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
 
@@ -528,7 +530,7 @@ def test_pod_annotations_annotation_refuses_reserved_keys(key: str) -> None:
     """`kubeforge.io/pod-annotations` is no back door around the allow-list (except with the test hooks on)."""
     tj = _permissive_pipeline()[3]
     body = tj.to_wire()
-    body["metadata"]["annotations"] = {common.POD_ANNOTATIONS_ANNOTATION: json.dumps({key: "unconfined"})}
+    body["metadata"]["annotations"] = {POD_ANNOTATIONS_ANNOTATION: json.dumps({key: "unconfined"})}
     obj = KINDS["TrainingJob"].model_validate(body)
     with pytest.raises(ValueError, match="reserved"):
         trainingjob.get_children(obj, _inputs(obj), OperatorSettings())  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubeforge.builders.common import stage_file
+from kubeforge.builders.workloads import stage_file
 from kubeforge.controllers import common, kube
 from test_controllers import FakeApi, api  # noqa: F401  (api: the fixture)
 

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from kubeforge import kinds
-from kubeforge.api.v1alpha1.common import Artifact
+from kubeforge.api.v1alpha1.status import Artifact
 from kubeforge.runner.report import get_table, key_metric, write_html
 from kubeforge.runner.report_tasks import head_metrics
 from kubeforge.runner.state import ResourceState, StateStore

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from kubeforge import kinds
-from kubeforge.builders.common import stage_file
+from kubeforge.builders.workloads import stage_file
 from kubeforge.cli import app
 from kubeforge.manifests import ManifestError
 from kubeforge.runner.executor import Runner, RunOptions

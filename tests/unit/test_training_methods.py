@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from kubeforge.api.v1alpha1 import RewardModel, TrainingJob
 from kubeforge.api.v1alpha1.trainingjob import dataset_task_problem
-from kubeforge.builders import common as builders_common
 from kubeforge.builders import rewardmodel as rm_builder
+from kubeforge.builders.workloads import stage_file
 from kubeforge.cli import app
+from kubeforge.deepspeed import DEEPSPEED_FILE
 from kubeforge.manifests import ManifestError
 from kubeforge.runner.graph import load_pipeline
 from kubeforge.settings import OperatorSettings
@@ -238,7 +239,7 @@ def test_reward_model_takes_the_training_distributed_options() -> None:
     assert cmd[0] == "torchrun" and "reward" in cmd
 
     children = rm_builder.get_children(_rm({"strategy": "deepspeed", "zeroStage": 3}), {}, settings)
-    ds = json.loads(builders_common.stage_file(children[-1], builders_common.DEEPSPEED_FILE))
+    ds = json.loads(stage_file(children[-1], DEEPSPEED_FILE))
     assert ds["zero_optimization"]["stage"] == 3
     with pytest.raises(ValueError, match="offloadParams needs zeroStage 3"):
         _rm({"strategy": "deepspeed", "zeroStage": 2, "offloadParams": True})

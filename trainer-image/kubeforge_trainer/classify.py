@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeforge.api.v1alpha1.common import PeftMethod
+from kubeforge.api.v1alpha1.training import PeftMethod
 from kubeforge.api.v1alpha1.trainingjob import TrainingJobSpec
 from kubeforge.stage import StageConfig, StageResult, local_path
 

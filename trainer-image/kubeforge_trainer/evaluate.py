@@ -930,7 +930,7 @@ def run(config: StageConfig, reporter: ProgressReporter) -> StageResult:
             artifact = artifact_for(config.output_uri)
             write_lineage(config, artifact)
         else:
-            from kubeforge.api.v1alpha1.common import Artifact
+            from kubeforge.api.v1alpha1.status import Artifact
 
             digest, size = digest_path(out)
             artifact = Artifact(uri=config.output_uri, digest=digest, size_bytes=size)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kubeforge.api.v1alpha1.common import ArchitectureConfig
+from kubeforge.api.v1alpha1.sources import ArchitectureConfig
 from kubeforge.stage import local_path
 from transformers import (
     AutoModelForCausalLM,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeforge.api.v1alpha1.common import PeftMethod
 from kubeforge.api.v1alpha1.rewardmodel import RewardModelSpec
+from kubeforge.api.v1alpha1.training import PeftMethod
 from kubeforge.stage import StageConfig, StageResult, local_path
 
 from . import modelio

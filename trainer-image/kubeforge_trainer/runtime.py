@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubeforge.api.v1alpha1.common import Artifact, LineageEntry, Progress
+from kubeforge.api.v1alpha1.status import Artifact, LineageEntry, Progress
 from kubeforge.stage import TERMINATION_LOG, StageConfig, StageResult, local_path
 
 # Files a stage writes next to its artifact that are not part of it.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from kubeforge.api.v1alpha1.common import Peft, PeftMethod, Precision
+from kubeforge.api.v1alpha1.training import Peft, PeftMethod, Precision
 from kubeforge.stage import StageConfig, StageResult, local_path
 
 from . import dataio

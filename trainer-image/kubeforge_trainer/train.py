@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kubeforge.api.v1alpha1.common import PeftMethod
+from kubeforge.api.v1alpha1.training import PeftMethod
 from kubeforge.api.v1alpha1.trainingjob import TrainingJobSpec
 from kubeforge.stage import StageConfig, StageResult, local_path
 

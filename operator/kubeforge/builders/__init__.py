@@ -1,7 +1,10 @@
-"""Pure builders: validated models in, Kubernetes manifests out (one module per kind)."""
+"""Pure builders: validated models in, Kubernetes manifests out (one module per kind; the names, pod parts and
+stage Jobs they share in `naming`, `pods` and `workloads`)."""
 
 from __future__ import annotations
 
-from . import common, dataset, evaluation, modeldeployment, rewardmodel, rlhfjob, trainingjob
+from . import dataset, evaluation, modeldeployment, naming, pods, rewardmodel, rlhfjob, trainingjob, workloads
 
-__all__ = ["common", "dataset", "evaluation", "modeldeployment", "rewardmodel", "rlhfjob", "trainingjob"]
+__all__ = [
+    "dataset", "evaluation", "modeldeployment", "naming", "pods", "rewardmodel", "rlhfjob", "trainingjob", "workloads",
+]

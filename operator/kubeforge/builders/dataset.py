@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..api.v1alpha1 import Dataset
-from ..api.v1alpha1.common import Resources
+from ..api.v1alpha1.resources import Resources
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageConfig, build_stage_config, run_name
-from .common import Manifest, generation, get_stage_workload
+from .naming import Manifest, generation
+from .workloads import get_stage_workload
 
 # Dataset has no resources/backoffLimit fields: data preparation is CPU work with the defaults.
 DATASET_RESOURCES = Resources()

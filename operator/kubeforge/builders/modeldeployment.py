@@ -12,22 +12,17 @@ from typing import Any
 from ..api.v1alpha1 import ModelDeployment
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageConfig, build_stage_config, local_path, run_name
-from .common import (
-    Manifest,
+from .naming import Manifest, dns1035, generation, get_labels, get_metadata
+from .pods import (
     add_pod_overrides,
-    dns1035,
     enforce_restricted,
-    generation,
-    get_labels,
-    get_metadata,
     get_resource_requirements,
     get_scheduling,
-    get_stage_workload,
     get_storage,
-    metrics_annotations,
     pod_template_metadata,
     scratch_volume,
 )
+from .workloads import get_stage_workload, metrics_annotations
 
 HTTP_PORT = 8000
 GRPC_PORT = 8001
@@ -50,7 +45,7 @@ def get_stage_config(
 def get_conversion_children(
     resource: ModelDeployment, inputs: dict[str, ResolvedInput], settings: OperatorSettings, revision: int = 0
 ) -> list[Manifest]:
-    """The Job running the conversion in the serving image (its config in the pod: common.config_volume)."""
+    """The Job running the conversion in the serving image (its config in the pod: workloads.config_volume)."""
     spec = resource.spec
     return get_stage_workload(
         resource,

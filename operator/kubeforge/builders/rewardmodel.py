@@ -6,7 +6,8 @@ from ..api.v1alpha1 import RewardModel
 from ..deepspeed import get_deepspeed_config
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput, StageConfig, build_stage_config, run_name
-from .common import Manifest, generation, get_stage_workload
+from .naming import Manifest, generation
+from .workloads import get_stage_workload
 
 
 def get_stage_config(

@@ -11,12 +11,12 @@ from typing import Any, cast
 import kopf
 
 from .. import metrics
-from ..builders.common import MANAGED_BY
 from . import (
     bounded,
     common,
     credentials,
     deps,
+    jobwatch,
     kube,
     modeldeployment,
     resync,
@@ -26,7 +26,8 @@ from . import (
 )
 
 __all__ = [
-    "bounded", "common", "credentials", "deps", "kube", "modeldeployment", "resync", "stages", "state", "workers",
+    "bounded", "common", "credentials", "deps", "jobwatch", "kube", "modeldeployment", "resync", "stages", "state",
+    "workers",
 ]
 
 
@@ -91,9 +92,3 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     state.bind_from(memo)
     await workers.stop()
 
-
-@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, id="wake-owner")
-async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A managed Job finished or vanished: reconcile its owner now instead of at the next timer tick."""
-    state.bind_from(memo)
-    await common.wake_owner(body, type)

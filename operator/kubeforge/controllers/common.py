@@ -4,13 +4,13 @@ Reconciles are level-triggered: each pass looks at the world (dependency statuse
 deterministic name for this generation, its pods) and writes the status that follows from it. A pass
 started again after an operator restart therefore neither re-runs finished work nor creates duplicates.
 
-Passes are event-driven through one work queue (workqueue.py): a watch event of the object itself
-(created, spec/labels/annotations changed, or the operator's initial listing), a finished child Job
-(`wake_owner`) and a dependency whose Succeeded/Passed condition moved (`deps.on_object_event`, via kopf
-indices) only `wake` the key; consumers (workers.py) run `process` → `run_pass`, which starts from the
-freshest known body and writes status itself. The queue never runs one key twice at once, so two passes
-never race on a stale body. A slow resync (resync.py) is only a safety net. Dependencies live in deps.py,
-the bounded kinds' Job-driven pass in stages.py.
+Passes are event-driven through one work queue (workqueue.py): a watch event of the object itself (created,
+spec/labels/annotations changed, or the operator's initial listing), a finished child Job (`wake_owner`, from
+the Job watch in jobwatch.py) and a dependency whose Succeeded/Passed condition moved (`deps.on_object_event`,
+via the dependency index) only `wake` the key; consumers (workers.py) run `process` → `run_pass`, which starts
+from the freshest known body and writes status itself. The queue never runs one key twice at once, so two
+passes never race on a stale body. A slow resync (resync.py) is only a safety net. Dependencies live in
+deps.py, the bounded kinds' Job-driven pass in stages.py.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from .. import metrics
 from ..api.v1alpha1 import KINDS, KubeResource, conditions
-from ..api.v1alpha1.common import now_rfc3339
-from ..builders.common import LABEL_KIND, LABEL_OWNER
+from ..api.v1alpha1.status import now_rfc3339
+from ..builders.naming import LABEL_KIND, LABEL_OWNER
 from ..manifests import explain
 from ..settings import OperatorSettings
 from ..stage import ResolvedInput
@@ -191,7 +191,7 @@ async def process(key: Key) -> None:
     await run_pass(body)
 
 
-async def wake_owner(job_in: Any, event_type: str | None) -> None:
+def wake_owner(job_in: Any, event_type: str | None) -> None:
     """A managed Job changed: cache it; once it finished (or vanished) reconcile its owner at once."""
     job = plain(job_in)
     meta = job.get("metadata") or {}

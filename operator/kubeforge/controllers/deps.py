@@ -15,7 +15,7 @@ from typing import Any
 from .. import metrics
 from ..api.v1alpha1 import KubeResource, conditions
 from ..stage import Dependency, ResolvedInput, dependencies
-from . import kube, workers
+from . import jobwatch, kube, workers
 from .common import (
     DEPENDENCIES_READY,
     PASSED,
@@ -375,6 +375,7 @@ async def on_object_event(body_in: Any, event_type: str | None, main: str, memo:
     track(body, event_type, main)
     key = key_of(body)
     kind, ns, name = key
+    jobwatch.ensure(ns)
     # Compared with what the watch last showed, not with the cache: our own status write is cached
     # before its watch event arrives, and that event is exactly the news dependents wait for.
     state = current()

@@ -10,9 +10,11 @@ keeps one code path for every child kind: create (409 = already there), server-s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -71,6 +73,7 @@ class Client:
         self._loaded = 0.0
         self._ssl: ssl.SSLContext | bool = False
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None  # watch streams (watch)
         self._lock: asyncio.Lock | None = None
 
     def _stale(self) -> bool:
@@ -133,10 +136,43 @@ class Client:
                                 else str(message))
             return json.loads(text) if text and answer else None
 
+    async def watch(self, url_path: str, query: dict[str, str], read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch request, decoded line by line, until the API server ends the stream.
+
+        Streams use a session of their own without a connection limit: each holds its connection for minutes,
+        and one per namespace must not starve the requests of passes. Lines are split here rather than by
+        aiohttp's readline, whose 64 KiB line limit is below a Job's (its pod template carries the config)."""
+        info = await self.login()
+        headers = {"Accept": "application/json", **info.as_http_headers()}
+        if self._streams is None or self._streams.closed:
+            self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=read_timeout)
+        url = str(info.server).rstrip("/") + url_path + f"?{urlencode(query)}"
+        async with self._streams.get(url, headers=headers, ssl=self._ssl, timeout=timeout) as resp:
+            if resp.status >= 300:
+                text = await resp.text()
+                with contextlib.suppress(ValueError, AttributeError):
+                    text = str(json.loads(text).get("message", text))
+                raise KubeError(resp.status, text)
+            buf = bytearray()
+            async for chunk in resp.content.iter_any():
+                start = len(buf)
+                buf += chunk
+                end = buf.find(b"\n", start)
+                while end >= 0:
+                    line = bytes(buf[:end])
+                    del buf[:end + 1]
+                    if line.strip():
+                        yield json.loads(line)
+                    end = buf.find(b"\n")
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._streams is not None:
+            await self._streams.close()
+            self._streams = None
         self._lock = None  # bound to this loop once contended; a run in a new loop makes its own
 
 

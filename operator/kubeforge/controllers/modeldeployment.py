@@ -20,10 +20,10 @@ import kopf
 
 from .. import heldout, kinds
 from ..api.v1alpha1 import GROUP, VERSION, ModelDeployment
-from ..api.v1alpha1.common import now_rfc3339
 from ..api.v1alpha1.conditions import INPUTS_CHANGED, INVALID_RESULT
+from ..api.v1alpha1.status import now_rfc3339
 from ..builders import modeldeployment as builders
-from ..builders.common import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
+from ..builders.naming import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
 from ..stage import ResolvedInput, output_uri, run_name
 from . import common, deps, kube, stages
 from .state import bind_from, current

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..builders.common import JOB_NAME_LABEL
+from ..builders.naming import JOB_NAME_LABEL
 from ..stage import METRICS_PORT
 from . import kube
 from .common import cached, parse_time

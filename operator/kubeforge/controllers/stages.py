@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from .. import kinds, metrics
 from ..api.v1alpha1 import KubeResource
-from ..api.v1alpha1.common import now_rfc3339
 from ..api.v1alpha1.conditions import DEPENDENCIES_READY, INPUTS_CHANGED, INVALID_RESULT
-from ..builders.common import (
+from ..api.v1alpha1.status import now_rfc3339
+from ..builders.naming import (
     COMPLETION_INDEX_ANNOTATION,
     JOB_NAME_LABEL,
     LABEL_GENERATION,
@@ -26,7 +26,7 @@ from ..builders.common import (
     LABEL_OWNER,
     child_name,
 )
-from ..builders.common import STAGE_CONTAINER as STAGE_CONTAINER_NAME
+from ..builders.workloads import STAGE_CONTAINER as STAGE_CONTAINER_NAME
 from ..stage import ResolvedInput, StageResult, output_uri, run_name, stage_name
 from . import kube, progress
 from .common import (

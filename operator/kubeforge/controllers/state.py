@@ -54,6 +54,8 @@ class OperatorState:
     scrapes: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
     # The consumers and the resync loop (workers.py).
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Namespace -> the task watching its managed Jobs (jobwatch.py).
+    job_watches: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopped: bool = False
 
     @classmethod

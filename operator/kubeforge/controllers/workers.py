@@ -59,8 +59,10 @@ async def stop() -> None:
     """Stop every task and release the run's resources (kopf cleanup)."""
     state = current()
     state.stopped = True
-    mine = [t for t in state.tasks if t.get_loop() is asyncio.get_running_loop()]
+    tasks = [*state.tasks, *state.job_watches.values()]
+    mine = [t for t in tasks if t.get_loop() is asyncio.get_running_loop()]
     state.tasks.clear()
+    state.job_watches.clear()
     for task in mine:
         task.cancel()
     for task in mine:

@@ -591,7 +591,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _now() -> str:
-    from ..api.v1alpha1.common import now_rfc3339
+    from ..api.v1alpha1.status import now_rfc3339
 
     return now_rfc3339()
 

@@ -20,7 +20,8 @@ from typing import Any, get_args
 from pydantic import BaseModel, Field
 
 from ..api.v1alpha1 import KINDS
-from ..api.v1alpha1.common import Condition, ConditionStatus, KubeModel, now_rfc3339
+from ..api.v1alpha1.base import KubeModel
+from ..api.v1alpha1.status import Condition, ConditionStatus, now_rfc3339
 from ..manifests import WORKDIR_MARKER
 from .graph import Key
 

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from .common import (
-    API_VERSION,
-    GROUP,
-    VERSION,
-    Artifact,
-    Condition,
-    ConditionStatus,
-    KubeResource,
-    LineageEntry,
-    ModelRef,
-    ModelSource,
-    ObjectReference,
-    Progress,
-)
+from .base import API_VERSION, GROUP, VERSION
 from .dataset import Dataset, DatasetSpec, DatasetStatus, DatasetTask
 from .evaluation import EvalTask, Evaluation, EvaluationSpec, EvaluationStatus, Metric
+from .kuberesource import KubeResource
 from .modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
+from .references import ModelRef, ObjectReference
 from .rewardmodel import RewardModel, RewardModelSpec
 from .rlhfjob import RLAlgorithm, RLHFJob, RLHFJobSpec
+from .sources import ModelSource
+from .status import Artifact, Condition, ConditionStatus, LineageEntry, Progress
 from .trainingjob import TrainingJob, TrainingJobSpec
 
 # Apply order of a pipeline, also the order `kubeforge crds` writes.

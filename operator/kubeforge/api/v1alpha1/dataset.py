@@ -7,18 +7,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import (
-    Artifact,
-    CommonStatus,
-    KubeModel,
-    KubeResource,
-    Name,
-    SpecReference,
-    StorageLocation,
-    bounded_printer_columns,
-    cel,
-    rerun_on_input_change_field,
-)
+from .base import KubeModel, Name, cel
+from .kuberesource import KubeResource, bounded_printer_columns
+from .references import SpecReference, rerun_on_input_change_field
+from .status import Artifact, CommonStatus
+from .storage import StorageLocation
 
 
 class DatasetTask(StrEnum):

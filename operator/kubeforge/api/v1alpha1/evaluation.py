@@ -7,25 +7,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import (
-    CommonStatus,
-    DatasetInput,
-    KubeModel,
-    KubeResource,
-    LineageEntry,
-    ModelSource,
-    Name,
-    Resources,
-    SpecReference,
-    StorageLocation,
-    TokenizerSource,
-    bounded_printer_columns,
-    cel,
-    dataset_reference,
-    model_reference,
-    rerun_on_input_change_field,
-)
+from .base import KubeModel, Name, cel
 from .dataset import DatasetTask
+from .kuberesource import KubeResource, bounded_printer_columns
+from .references import DatasetInput, SpecReference, dataset_reference, model_reference, rerun_on_input_change_field
+from .resources import Resources
+from .sources import ModelSource, TokenizerSource
+from .status import CommonStatus, LineageEntry
+from .storage import StorageLocation
 
 
 class EvalTask(StrEnum):

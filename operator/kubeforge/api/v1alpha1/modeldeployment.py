@@ -6,24 +6,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import (
-    MAX_URI,
-    CommonStatus,
-    DatasetInput,
-    KubeModel,
-    KubeResource,
-    LineageEntry,
-    ModelSource,
-    Name,
-    Resources,
-    SpecReference,
-    StorageLocation,
-    TokenizerSource,
-    cel,
-    dataset_reference,
-    model_reference,
-    rerun_on_input_change_field,
-)
+from .base import MAX_URI, KubeModel, Name, cel
+from .kuberesource import KubeResource
+from .references import DatasetInput, SpecReference, dataset_reference, model_reference, rerun_on_input_change_field
+from .resources import Resources
+from .sources import ModelSource, TokenizerSource
+from .status import CommonStatus, LineageEntry
+from .storage import StorageLocation
 
 
 class Gate(KubeModel):

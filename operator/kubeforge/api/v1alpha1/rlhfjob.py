@@ -7,33 +7,23 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import (
-    MAX_URI,
-    PROGRESS_COLUMNS,
+from .base import MAX_URI, KubeModel, Name, cel
+from .kuberesource import PROGRESS_COLUMNS, KubeResource, bounded_printer_columns
+from .references import DatasetInput, SpecReference, dataset_reference, model_reference, rerun_on_input_change_field
+from .resources import Resources
+from .sources import ModelSource, TokenizerSource
+from .status import WorkloadStatus
+from .storage import StorageLocation
+from .training import (
     QLORA_NEEDS_GPU,
     TP_NEEDS_FULL_TRAINING,
     Checkpointing,
-    DatasetInput,
     Distributed,
     Hyperparameters,
-    KubeModel,
-    KubeResource,
-    ModelSource,
-    Name,
     Peft,
     Precision,
-    Resources,
-    SpecReference,
-    StorageLocation,
-    TokenizerSource,
-    WorkloadStatus,
-    bounded_printer_columns,
-    cel,
     check_qlora_gpu,
     check_tp_full_training,
-    dataset_reference,
-    model_reference,
-    rerun_on_input_change_field,
 )
 
 

@@ -6,33 +6,25 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import (
-    PROGRESS_COLUMNS,
+from .base import KubeModel, cel
+from .dataset import DatasetTask
+from .kuberesource import PROGRESS_COLUMNS, KubeResource, bounded_printer_columns
+from .references import DatasetInput, SpecReference, dataset_reference, model_reference, rerun_on_input_change_field
+from .resources import Resources
+from .sources import ModelSource, TokenizerSource
+from .status import WorkloadStatus
+from .storage import StorageLocation
+from .training import (
     QLORA_NEEDS_GPU,
     TP_NEEDS_FULL_TRAINING,
     Checkpointing,
-    DatasetInput,
     Distributed,
     Hyperparameters,
-    KubeModel,
-    KubeResource,
-    ModelSource,
     Peft,
     Precision,
-    Resources,
-    SpecReference,
-    StorageLocation,
-    TokenizerSource,
-    WorkloadStatus,
-    bounded_printer_columns,
-    cel,
     check_qlora_gpu,
     check_tp_full_training,
-    dataset_reference,
-    model_reference,
-    rerun_on_input_change_field,
 )
-from .dataset import DatasetTask
 
 TrainingMethod = Literal["pretrain", "sft", "classification", "regression"]
 
