@@ -38,7 +38,7 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,17 +103,25 @@ class Watcher:
             self._resp.close()
 
 
-def post(api: Any, path: str, body: dict[str, Any]) -> bytes:
+def post(api: Any, path: str, body: dict[str, Any], method: str = "POST",
+         content_type: str = "application/json") -> bytes:
     """POST a JSON body straight through the client's connection pool and return the raw answer: the bench
     is a lean client (the generated client walks every dict to sanitize it, several ms for a Job), so its
     CPU is not taken from the API server and the operator it measures."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    api.update_params_for_auth(headers, None, ["BearerToken"], path, "POST", None)
-    resp = api.rest_client.pool_manager.request("POST", api.configuration.host + path, body=json.dumps(body),
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    api.update_params_for_auth(headers, None, ["BearerToken"], path, method, None)
+    resp = api.rest_client.pool_manager.request(method, api.configuration.host + path, body=json.dumps(body),
                                                 headers=headers)
     if resp.status >= 300:
-        raise RuntimeError(f"POST {path}: {resp.status} {resp.data[:300]!r}")
+        raise RuntimeError(f"{method} {path}: {resp.status} {resp.data[:300]!r}")
     return bytes(resp.data)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (/proc/PID/stat, clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -235,11 +243,38 @@ def ideal_children(created: dict[str, Any]) -> list[dict[str, Any]]:
     return list(meaning.children(resource, inputs, _ideal_settings(), 0))
 
 
+def operator_writes(created: dict[str, Any], job_name: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """What the operator writes besides the Job when it creates one: the status merge patch (jobName, times,
+    lineage, JobCreated=True and Succeeded=Unknown/Running) and the pass's Event. (method, path, content
+    type, body), for the ideal run with `writes`."""
+    meta = created["metadata"]
+    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation", 1)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [{"type": t, "status": s, "reason": r, "message": m, "observedGeneration": gen,
+                   "lastTransitionTime": now}
+                  for t, s, r, m in (("JobCreated", "True", "JobCreated", f"Job {job_name} created"),
+                                     ("Succeeded", "Unknown", "Running", f"Job {job_name} is running"))]
+    status = {"status": {"observedGeneration": gen, "jobName": job_name, "startTime": now, "inputRevision": 0,
+                         "lineage": [{"kind": "Dataset", "name": "corpus", "uri": "s3://bench/corpus",
+                                      "digest": "sha256:0"}], "conditions": conditions}}
+    event = {"metadata": {"generateName": "kubeforge-", "namespace": ns},
+             "involvedObject": {"apiVersion": created["apiVersion"], "kind": "TrainingJob", "name": name,
+                                "namespace": ns, "uid": meta["uid"]},
+             "reason": "JobCreated", "message": f"Job {job_name} created", "type": "Normal",
+             "source": {"component": "kubeforge-operator"}, "reportingComponent": "kubeforge-operator",
+             "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+    base = f"/apis/{created['apiVersion']}/namespaces/{ns}/trainingjobs/{name}/status"
+    return [("PATCH", base, "application/merge-patch+json", status),
+            ("POST", f"/api/v1/namespaces/{ns}/events", "application/json", event)]
+
+
 def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart: bool = False,
-        ideal: bool = False) -> dict[str, Any]:
+        ideal: bool = False, writes: bool = False) -> dict[str, Any]:
     """One measured run. `ideal`: no operator; the bench creates each TrainingJob and right after it the Job
     the operator would (same builder), so the run measures what this cluster and machine need for the
-    objects, their Jobs and the pods the Jobs start: the floor any operator's total and latency sit on."""
+    objects, their Jobs and the pods the Jobs start: the floor any operator's total and latency sit on.
+    `writes` (with `ideal`): the bench also writes, after each Job, the status patch and the Event the
+    operator writes, so the floor includes the API server's work for them (without any operator CPU)."""
     from kubernetes import client, config
 
     config.load_kube_config(config_file=kcfg)
@@ -268,13 +303,14 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
     log = open(f"/tmp/{ns}-operator.log", "w")  # noqa: SIM115
     if baseline is not None:
         env["PYTHONPATH"] = str(baseline / "operator")  # ahead of the editable install of this checkout
-    rss_before = 0.0
+    rss_before = cpu_used = cpu_mark = 0.0
     restarted = False
     proc = None if ideal else start_operator(ns, env, lport, log)
     if ideal:  # import the builders before the clock starts (the operator, too, has them loaded)
         from kubeforge import kinds  # noqa: F401
     try:
         api_before = apiserver_requests(custom.api_client)
+        cpu_mark = 0.0 if proc is None else cpu_seconds(proc.pid)
         base = 0.0 if proc is None else reconcile_total(mport)
         job_watch = Watcher(batch.list_namespaced_job, ns)
         time.sleep(1)
@@ -288,8 +324,13 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
             created = post(custom.api_client, f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/trainingjobs", body)
             created_at[body["metadata"]["name"]] = time.monotonic()  # the API server has stored it
             if ideal:
-                for child in ideal_children(json.loads(created)):
+                obj = json.loads(created)
+                children = ideal_children(obj)
+                for child in children:
                     post(custom.api_client, f"/apis/batch/v1/namespaces/{ns}/jobs", child)
+                extra = operator_writes(obj, children[0]["metadata"]["name"]) if writes else []
+                for method, path, ctype, payload in extra:
+                    post(custom.api_client, path, payload, method, ctype)
 
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
@@ -304,9 +345,10 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"operator exited; see /tmp/{ns}-operator.log")
             if proc is not None and restart and not restarted and len(job_watch.seen) >= n // 2:
-                rss_before = peak_rss_mib(proc.pid)
+                rss_before, cpu_used = peak_rss_mib(proc.pid), cpu_used + cpu_seconds(proc.pid) - cpu_mark
                 stop_operator(proc)
                 proc = start_operator(ns, env, lport, log)
+                cpu_mark = cpu_seconds(proc.pid)
                 base, restarted = 0.0, True
             if time.monotonic() >= next_list:  # a missed watch event must not stall the run
                 listed = set(job_times(batch, ns))
@@ -315,6 +357,7 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         total = time.monotonic() - t0
         reconciles = 0.0 if proc is None else reconcile_total(mport) - base
         rss = 0.0 if proc is None else max(rss_before, peak_rss_mib(proc.pid))
+        cpu = 0.0 if proc is None else cpu_used + cpu_seconds(proc.pid) - cpu_mark  # not counting imports
         by_request: dict[str, float] = {}
         requests = operator_requests(api_before, apiserver_requests(custom.api_client), by_request)
         job_watch.stop()
@@ -338,7 +381,8 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         log.close()
         core.delete_namespace(ns)
     return {
-        "operator": "ideal" if ideal else "baseline" if baseline is not None else "this checkout",
+        "operator": ("ideal+writes" if writes else "ideal") if ideal
+        else "baseline" if baseline is not None else "this checkout",
         "n": n,
         "restarted": restarted,
         "duplicate_or_extra_jobs": len(extra),
@@ -361,6 +405,7 @@ def run(n: int, kcfg: str, timeout: float, baseline: Path | None = None, restart
         "jobs_per_second": round(n / total, 1),
         "reconciles": int(reconciles),
         "reconciles_per_second": round(reconciles / total, 1),
+        "operator_cpu_ms_per_object": round(1000 * cpu / n, 2),
         "operator_peak_rss_mib": round(rss, 1),
     }
 
@@ -376,6 +421,9 @@ def main() -> int:
     parser.add_argument("--restart", action="store_true", help="Restart the operator when half the Jobs exist.")
     parser.add_argument("--no-ideal", dest="ideal", action="store_false",
                         help="Skip the ideal-operator run (the bench creates each Job itself) that comes first.")
+    parser.add_argument("--ideal-writes", action="store_true",
+                        help="Also run the ideal with the operator's status patch and Event per object (the floor "
+                             "for an operator that writes what this one writes).")
     args = parser.parse_args()
     sizes = [20] if args.quick else (args.n or [100])
     kcfg = args.kubeconfig or kubeconfig()
@@ -384,15 +432,19 @@ def main() -> int:
         if args.ideal:
             results.append(run(n, kcfg, args.timeout, ideal=True))
             print(json.dumps(results[-1]), flush=True)
+        if args.ideal_writes:
+            results.append(run(n, kcfg, args.timeout, ideal=True, writes=True))
+            print(json.dumps(results[-1]), flush=True)
         for source in ([args.baseline] if args.baseline else []) + [None]:
             results.append(run(n, kcfg, args.timeout, source, args.restart))
             print(json.dumps(results[-1]), flush=True)
     print(f"\n{'operator':>13} {'N':>5} {'create s':>8} {'total s':>8} {'p50 s':>7} {'p95 s':>7} {'jobs/s':>7} "
-          f"{'req/obj':>7} {'RSS MiB':>8} {'extra':>5}")
+          f"{'req/obj':>7} {'CPU ms/obj':>10} {'RSS MiB':>8} {'extra':>5}")
     for r in results:
         print(f"{r['operator']:>13} {r['n']:>5} {r['create_seconds']:>8} {r['total_seconds']:>8} "
               f"{r['latency_p50_s']:>7} {r['latency_p95_s']:>7} {r['jobs_per_second']:>7} "
-              f"{r['api_requests_per_object']:>7} {r['operator_peak_rss_mib']:>8} {r['duplicate_or_extra_jobs']:>5}")
+              f"{r['api_requests_per_object']:>7} {r['operator_cpu_ms_per_object']:>10} "
+              f"{r['operator_peak_rss_mib']:>8} {r['duplicate_or_extra_jobs']:>5}")
     for r in results:  # ratios against the ideal operator of the same size, same run
         floor = next((f for f in results if f["operator"] == "ideal" and f["n"] == r["n"]), None)
         if floor is not None and r is not floor:
