@@ -173,7 +173,7 @@ def test_dashboards_match_their_generator() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-# Label values the operator writes (kubeforge/controllers/common.py: measured(), reconcile_stage(), track()).
+# Label values the operator writes (kubeforge/controllers/passes.py: measured(), track(); stages.py: reconcile_stage()).
 OUTCOMES = {"success", "retry", "error", "settled", "invalid", "waiting", "created", "running", "succeeded",
             "failed"}
 MAIN_CONDITIONS = {"Succeeded", "Ready"}  # kubeforge_resources tracks each kind's main condition only

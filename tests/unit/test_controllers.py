@@ -16,7 +16,8 @@ import pytest
 import yaml
 from kubeforge import controllers, kinds, stage
 from kubeforge.builders.workloads import stage_file
-from kubeforge.controllers import common, deps, kube, resync, stages, state, workers
+from kubeforge.controllers import cache, deps, kube, passes, resync, stages, state, workers
+from kubeforge.controllers.status import StatusWriter, find_condition, pass_event, settled
 
 NS = "ml"
 API = "kubeforge.io/v1alpha1"
@@ -46,7 +47,7 @@ class FakeApi:
         if conditions is not None:
             body["status"]["conditions"] = conditions
         self.objects[(kind, NS, name)] = body
-        common.remember(copy.deepcopy(body))
+        cache.remember(copy.deepcopy(body))
         return body
 
     async def get_kubeforge(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -80,23 +81,23 @@ class FakeApi:
         self.events.append((body["metadata"]["name"], reason, message))
 
     def cond(self, kind: str, name: str, ctype: str) -> dict[str, Any]:
-        return common.find_condition(self.objects[(kind, NS, name)]["status"].get("conditions"), ctype) or {}
+        return find_condition(self.objects[(kind, NS, name)]["status"].get("conditions"), ctype) or {}
 
     async def passes(self, kind: str, name: str, times: int = 1) -> None:
         for _ in range(times):
-            await common.run_pass(copy.deepcopy(self.objects[(kind, NS, name)]))
+            await passes.run_pass(copy.deepcopy(self.objects[(kind, NS, name)]))
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
     monkeypatch.setenv("KUBEFORGE_METRICS_PORT", "0")
     fake = FakeApi()
-    common.configure()
+    state.configure()
     for name in ("get_kubeforge", "get", "create", "list_objects", "delete", "patch_status"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
     monkeypatch.setattr(kopf, "event", fake.event)
     yield fake
-    common.configure()
+    state.configure()
 
 
 def succeeded(gen: int = 1) -> list[dict[str, Any]]:
@@ -122,7 +123,7 @@ def test_self_reference_is_a_cycle_with_a_stable_message(api: FakeApi) -> None:
     assert (ok["status"], ok["reason"], ok["message"]) == ("False", "InvalidSpec", deps["message"])
     assert api.status_writes == 1, "later passes find nothing to change"
     assert not api.created
-    assert not common.settled(api.objects[("Dataset", NS, "d")]), "another object's edit can break a cycle"
+    assert not settled(api.objects[("Dataset", NS, "d")]), "another object's edit can break a cycle"
 
 
 def test_two_object_cycle_named_from_each_side(api: FakeApi) -> None:
@@ -203,7 +204,7 @@ def test_condition_set_again_for_a_new_generation_keeps_its_transition_time() ->
     old = {"type": "DependenciesReady", "status": "True", "reason": "DependenciesSucceeded", "message": "m",
            "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}
     body = {"metadata": {"generation": 2}, "status": {"conditions": [old, {**old, "type": "JobCreated"}]}}
-    w = common.StatusWriter.for_body(body)
+    w = StatusWriter.for_body(body)
     assert w.conditions == [] and set(w.stale) == {"DependenciesReady", "JobCreated"}
     w.set("DependenciesReady", "True", "DependenciesSucceeded", "m")
     assert w.conditions[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
@@ -220,7 +221,7 @@ def test_rejected_child_fails_the_generation(api: FakeApi) -> None:
     assert (ok["status"], ok["reason"]) == ("False", "ChildRejected")
     assert ok["message"] == ('Job t-sft-g1 rejected by the API server (HTTP 422): '
                              'Job.batch "t-sft-g1" is invalid: spec.template: bad')
-    assert common.settled(api.objects[("TrainingJob", NS, "t")])
+    assert settled(api.objects[("TrainingJob", NS, "t")])
     assert api.status_writes == 1
     assert [(n, r) for n, r, _ in api.events] == [("t", "ChildRejected")], "one Event for the pass"
     assert f"Succeeded=False: {ok['message']}" in api.events[0][2]
@@ -232,14 +233,14 @@ def test_one_event_per_pass_leads_with_the_headline() -> None:
     running = ("Succeeded", "Unknown", "Running", "")
     failed = ("Succeeded", "False", "BackoffLimitExceeded", "pod failed")
     done = ("Succeeded", "True", "Completed", "finished")
-    assert common.pass_event([]) is None
-    assert common.pass_event([dep, job, running]) == (
+    assert pass_event([]) is None
+    assert pass_event([dep, job, running]) == (
         "Normal", "JobCreated",
         "JobCreated=True: created Job t-sft-g1; DependenciesReady=True: inputs ready; Succeeded=Unknown")
-    assert common.pass_event([running, failed])[:2] == ("Warning", "BackoffLimitExceeded")
-    assert common.pass_event([("Passed", "True", "ThresholdsMet", ""), done])[:2] == ("Normal", "Completed")
-    assert common.pass_event([("x", "y", "z", "m" * 2000), job])[2].startswith("JobCreated=True")
-    assert len(common.pass_event([("x", "y", "z", "m" * 2000), job])[2]) == 1024
+    assert pass_event([running, failed])[:2] == ("Warning", "BackoffLimitExceeded")
+    assert pass_event([("Passed", "True", "ThresholdsMet", ""), done])[:2] == ("Normal", "Completed")
+    assert pass_event([("x", "y", "z", "m" * 2000), job])[2].startswith("JobCreated=True")
+    assert len(pass_event([("x", "y", "z", "m" * 2000), job])[2]) == 1024
 
 
 @pytest.mark.parametrize(("status", "message"), [(500, "etcd timeout"), (403, "exceeded quota: compute"),
@@ -257,8 +258,8 @@ def test_resync_picks_unsettled_objects_and_every_model_deployment(api: FakeApi)
     api.put("Dataset", "done", DS_SPEC, conditions=succeeded())
     api.put("Dataset", "busy", DS_SPEC)
     api.put("ModelDeployment", "md", {"model": {"uri": "org/m"}})
-    common.remember({"kind": "Job", "metadata": {"name": "j", "namespace": NS, "resourceVersion": "1"}})
-    interval = common.resync_interval()
+    cache.remember({"kind": "Job", "metadata": {"name": "j", "namespace": NS, "resourceVersion": "1"}})
+    interval = resync.resync_interval()
     assert resync.due(now=100.0, since=100.0) == []
     due = resync.due(now=100.0 + interval, since=100.0)
     assert sorted(due) == [("Dataset", NS, "busy"), ("ModelDeployment", NS, "md")]
@@ -286,7 +287,7 @@ def test_no_handler_needs_a_finalizer_and_startup_settings(monkeypatch: pytest.M
         assert not workers.running(), "started by the first watch event, inside kopf's context"
         workers.ensure_started()
         tasks = list(run.tasks)
-        assert len(tasks) == common.settings().workers + 1 and workers.running()
+        assert len(tasks) == state.settings().workers + 1 and workers.running()
         workers.ensure_started()
         assert run.tasks == tasks
         await cleanup(memo=memo)
@@ -323,7 +324,7 @@ def test_consumers_run_in_kopfs_event_posting_context(monkeypatch: pytest.Monkey
         workers.ensure_started()
 
     async def scenario() -> None:
-        common.configure()
+        state.configure()
         await asyncio.create_task(kopf_object_task())
         assert len(state.current().tasks) == 4
         await asyncio.gather(*state.current().tasks)
@@ -341,27 +342,27 @@ def test_failed_pass_is_retried_with_backoff_and_a_cancelled_pass_loses_nothing(
     calls: list[str] = []
     gate = asyncio.Event()
 
-    async def flaky(key: common.Key) -> None:
+    async def flaky(key: state.Key) -> None:
         calls.append(key[2])
         if len(calls) == 1:
             raise RuntimeError("API server hiccup")
         if len(calls) == 2:
             await gate.wait()  # hangs until cancelled
 
-    monkeypatch.setattr(common, "process", flaky)
+    monkeypatch.setattr(passes, "process", flaky)
 
     async def scenario() -> None:
-        q = common.queue()
+        q = state.queue()
         q.base_delay = 0.01
         consumer = asyncio.create_task(workers.consume(q))
-        common.wake("Dataset", NS, "ds")
+        passes.wake("Dataset", NS, "ds")
         for _ in range(200):
             if len(calls) >= 2:
                 break
             await asyncio.sleep(0.005)
         assert calls == ["ds", "ds"], "retried after its backoff"
         assert q.failures(("Dataset", NS, "ds")) == 1
-        common.wake("Dataset", NS, "ds")  # arrives while the pass runs: queued again after it
+        passes.wake("Dataset", NS, "ds")  # arrives while the pass runs: queued again after it
         consumer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await consumer
@@ -426,7 +427,7 @@ def test_one_http_session_with_keep_alive_credentials_and_api_messages(
         monkeypatch.setenv("KUBECONFIG", str(path))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         try:
-            common.configure(api=kube.Client())
+            state.configure(api=kube.Client())
             for i in range(10):
                 assert await kube.get("batch/v1", "Job", "ns", f"j{i}") == {"metadata": {"name": f"j{i}"}}
             assert len(peers) == 1, "sequential requests reuse one keep-alive connection"
@@ -484,7 +485,7 @@ def test_operator_and_local_runner_lift_the_same_status(kind: str, passed: bool)
     })
     body = {"apiVersion": API, "kind": kind, "metadata": {"name": "x", "namespace": NS, "generation": 1},
             "status": {}}
-    w = common.StatusWriter.for_body(body)
+    w = StatusWriter.for_body(body)
     resource = type("R", (), {"kind": kind})()
     stages.lift_workload(w, resource, result, "file:///store/x", {})  # type: ignore[arg-type]
     local = ResourceState(kind=kind, name="x", status=kinds.of(kind).lift(result, "file:///store/x", {}).fields)
@@ -518,7 +519,7 @@ def test_a_result_that_does_not_fit_the_status_schema_fails_alike_on_both(
     assert where in lifted.problem, lifted.problem
     body = {"apiVersion": API, "kind": kind, "metadata": {"name": "x", "namespace": NS, "generation": 1},
             "status": {}}
-    w = common.StatusWriter.for_body(body)
+    w = StatusWriter.for_body(body)
     resource = type("R", (), {"kind": kind})()
     assert stages.lift_workload(w, resource, result, "file:///store/x", {}) == lifted.problem  # type: ignore[arg-type]
     assert not w.fields, "nothing of a refused result is written"
@@ -555,7 +556,7 @@ def test_reference_into_another_namespace_needs_its_grant(api: FakeApi) -> None:
     assert (ok["status"], ok["reason"]) == ("False", "ReferenceNotGranted")
     assert "kubeforge.io/allow-references-from=ml" in ok["message"] and "team-b" in ok["message"]
     assert not [c for c in api.created if c["kind"] == "Job"], "nothing read or run on the tenant's behalf"
-    assert not common.settled(api.objects[("TrainingJob", NS, "t")]), "re-checked until a grant appears"
+    assert not settled(api.objects[("TrainingJob", NS, "t")]), "re-checked until a grant appears"
 
     api.objects[("Namespace", None, "team-b")] = {  # type: ignore[index]
         "apiVersion": "v1", "kind": "Namespace",
@@ -602,7 +603,7 @@ def _finish(api: FakeApi, kind: str, name: str, artifact: dict[str, Any] | None 
     body["status"].update(conditions=others + succeeded(gen), observedGeneration=gen)
     if artifact is not None:
         body["status"]["artifact"] = artifact
-    common.remember(copy.deepcopy(body))
+    cache.remember(copy.deepcopy(body))
 
 
 def _config(job_child: dict[str, Any]) -> dict[str, Any]:
@@ -640,7 +641,7 @@ def test_a_moved_input_reruns_a_finished_object_into_its_own_folder(api: FakeApi
     deps = api.cond("TrainingJob", "t", "DependenciesReady")
     assert deps["reason"] == "InputsChanged" and "Dataset ds now has sha256:two" in deps["message"]
     assert api.cond("TrainingJob", "t", "Succeeded")["status"] == "Unknown"
-    assert not common.settled(api.objects[("TrainingJob", NS, "t")])
+    assert not settled(api.objects[("TrainingJob", NS, "t")])
     assert stages.current_revision(api.objects[("TrainingJob", NS, "t")]) == 1
 
     api.created.clear()

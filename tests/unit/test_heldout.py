@@ -8,7 +8,7 @@ from typing import Any
 from kubeforge import kinds
 from kubeforge.api.v1alpha1 import ModelDeployment
 from kubeforge.builders.workloads import stage_file
-from kubeforge.controllers import common
+from kubeforge.controllers import cache
 from kubeforge.heldout import (
     HeldOutSource,
     dataset_artifact,
@@ -111,7 +111,7 @@ def test_operator_adds_held_out_input_to_the_conversion_config(api: Any) -> None
                  conditions=succeeded())
     tj["status"]["artifact"] = {"uri": "pvc://a/sft", "digest": "sha256:m"}
     for body in (ds, tj):
-        common.remember(body)  # the watch cache sees the finished producers
+        cache.remember(body)  # the watch cache sees the finished producers
     api.put("ModelDeployment", "serve", {"model": {"ref": {"kind": "TrainingJob", "name": "sft"}},
                                          "quantization": {"mode": "int8-weight-only"}})
     asyncio.run(api.passes("ModelDeployment", "serve"))

@@ -13,7 +13,7 @@ import kopf
 import pytest
 from aiohttp import web
 from kubeforge import controllers  # noqa: F401  (registers the reconcilers the wakes go to)
-from kubeforge.controllers import common, jobwatch, kube
+from kubeforge.controllers import cache, jobwatch, kube, state, status
 from kubeforge.controllers.state import current
 
 
@@ -76,7 +76,7 @@ async def run_watch(api: FakeAPI) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    common.configure(api=kube.Client(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}")))
+    state.configure(api=kube.Client(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}")))
     try:
         jobwatch.ensure("ml")
         jobwatch.ensure("ml")  # already watching: no second task
@@ -111,7 +111,7 @@ def test_lists_in_pages_watches_resumes_and_relists_after_gone(monkeypatch: pyte
 
         async def follow(namespace: str, revision: str) -> str:
             if len(api.watches) == 1:  # after the first stream: a's Complete cached, a woken, big line whole
-                seen["a"] = common.cached("Job", "ml", "a-sft-g1")
+                seen["a"] = cache.cached("Job", "ml", "a-sft-g1")
                 seen["woken_after_stream"] = woken()
                 del api.jobs["b-sft-g1"], api.jobs["c-sft-g1"]  # deleted while the next stream ends in Gone
             return await original(namespace, revision)
@@ -131,7 +131,7 @@ def test_lists_in_pages_watches_resumes_and_relists_after_gone(monkeypatch: pyte
     assert len(api.lists) == 3  # 2 pages of 3 Jobs at start; 1 Job left after Gone: 1 page
     a = seen["a"]
     assert a is not None and a["metadata"]["annotations"]["pad"] == "x" * 100_000
-    assert common.job_state(a)[0] == "Complete"
+    assert status.job_state(a)[0] == "Complete"
     assert "spec" not in a  # the cache keeps a slim Job
     assert seen["woken_after_stream"] == {"a", "b"}  # b: Failed at the first listing; a: its Complete event
     assert "c" in seen["final_woken"]  # deleted while the watch was gone: noticed by the relist

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kubeforge.controllers import common, kube, progress, resync, state
+from kubeforge.controllers import cache, kube, progress, resync, state
 
 
 def free_port() -> int:
@@ -73,7 +73,7 @@ def test_operator_reads_the_running_stages_progress(stage_port: int, monkeypatch
            "status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "ready": 1}}
 
     async def twice() -> tuple[Any, Any]:
-        common.configure()
+        state.configure()
         return await progress.read_progress(job, stage_port), await progress.read_progress(job, stage_port)
 
     live, again = asyncio.run(twice())
@@ -86,7 +86,7 @@ def test_operator_reads_the_running_stages_progress(stage_port: int, monkeypatch
     pods[0]["status"]["phase"] = "Pending"
 
     async def fresh() -> Any:
-        common.configure()
+        state.configure()
         return await progress.read_progress(job, stage_port)
 
     assert asyncio.run(fresh()) is None, "no running pod: status left alone"
@@ -114,8 +114,8 @@ def test_unreachable_pod_leaves_status_alone_and_is_not_tried_again_soon(monkeyp
     job = {"metadata": {"name": "j", "namespace": "ml"}, "status": {"ready": 1}}
 
     async def scenario() -> tuple[Any, Any, bool, bool, float]:
-        common.configure()
-        common.remember({"kind": "Job", **job})
+        state.configure()
+        cache.remember({"kind": "Job", **job})
         was_due = progress.readable("ml", "j")
         first = await progress.read_progress(job, 9)
         second = await progress.read_progress(job, 9)
@@ -131,7 +131,7 @@ def test_unreachable_pod_leaves_status_alone_and_is_not_tried_again_soon(monkeyp
     assert not due and wait > progress.UNREACHABLE_BACKOFF_S - 5
 
     async def not_ready() -> Any:
-        common.configure()
+        state.configure()
         return await progress.read_progress({"metadata": {"name": "k", "namespace": "ml"}, "status": {}}, 9)
 
     assert asyncio.run(not_ready()) is None and len(lists) == 1, "no Ready pod in the Job's status: no LIST"
@@ -148,8 +148,8 @@ def test_a_ready_pod_whose_stage_is_still_starting_is_read_again_soon(monkeypatc
     port = free_port()
 
     async def scenario() -> tuple[Any, bool, float, Any]:
-        common.configure()
-        common.remember({"kind": "Job", **job})
+        state.configure()
+        cache.remember({"kind": "Job", **job})
         first = await progress.read_progress(job, port)
         due = progress.readable("ml", "j")
         ip, next_try = state.current().scrapes[("ml", "j")]
@@ -173,15 +173,15 @@ def test_running_objects_are_resynced_at_the_progress_interval() -> None:
 def test_progress_passes_need_a_ready_pod_and_are_spread_when_many_stages_run() -> None:
     """A stage whose pod is pending gets no progress pass (only the safety-net resync); with many Ready
     stages at most PROGRESS_READS_PER_S progress passes fall due per second, not one per object every 5 s."""
-    common.configure()
+    state.configure()
     conds = [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}]
     n = int(resync.PROGRESS_READS_PER_S * resync.PROGRESS_INTERVAL_S * 4)  # 4x what the 5 s interval allows
     for i in range(n):
-        common.remember({"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+        cache.remember({"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
                          "metadata": {"name": f"t{i}", "namespace": "ml", "resourceVersion": "1"},
                          "status": {"jobName": f"j{i}", "conditions": conds}})
         ready = {"ready": 1} if i % 2 == 0 else {"ready": 0}  # odd ones: the pod is still pending
-        common.remember({"kind": "Job", "metadata": {"name": f"j{i}", "namespace": "ml", "resourceVersion": "1"},
+        cache.remember({"kind": "Job", "metadata": {"name": f"j{i}", "namespace": "ml", "resourceVersion": "1"},
                          "status": ready})
     readers = n // 2
     spread = readers / resync.PROGRESS_READS_PER_S
@@ -189,5 +189,5 @@ def test_progress_passes_need_a_ready_pod_and_are_spread_when_many_stages_run() 
     assert resync.due(now=100.0 + resync.PROGRESS_INTERVAL_S, since=100.0) == []
     due = resync.due(now=100.0 + spread, since=100.0)
     assert sorted(int(k[2][1:]) for k in due) == list(range(0, n, 2)), "only the Ready ones, after the spread"
-    assert spread < common.resync_interval()
-    assert len(resync.due(now=100.0 + common.resync_interval(), since=100.0)) == n, "the safety net takes all"
+    assert spread < resync.resync_interval()
+    assert len(resync.due(now=100.0 + resync.resync_interval(), since=100.0)) == n, "the safety net takes all"

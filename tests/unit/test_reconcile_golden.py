@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from kubeforge.builders.workloads import stage_file
-from kubeforge.controllers import common, kube
+from kubeforge.controllers import cache, kube, passes
 from test_controllers import FakeApi, api  # noqa: F401  (api: the fixture)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kubernetes"
@@ -37,7 +37,7 @@ class World(FakeApi):
             meta.setdefault("resourceVersion", "1")
             self.objects[(doc["kind"], meta.get("namespace"), meta["name"])] = doc
             if doc["kind"] not in ("Pod", "Namespace"):
-                common.remember(copy.deepcopy(doc))
+                cache.remember(copy.deepcopy(doc))
 
     async def list_objects(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         want = dict(part.split("=", 1) for part in selector.split(",") if part)
@@ -84,7 +84,7 @@ def test_reconcile_golden(case: str, api: FakeApi, monkeypatch: pytest.MonkeyPat
     world.load(docs)
     target = docs[0]
     key = (target["kind"], target["metadata"]["namespace"], target["metadata"]["name"])
-    asyncio.run(common.run_pass(copy.deepcopy(world.objects[key])))
+    asyncio.run(passes.run_pass(copy.deepcopy(world.objects[key])))
     got = {
         "status": _times(world.objects[key].get("status") or {}),
         "created": [_child(c) for c in world.created],

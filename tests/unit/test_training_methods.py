@@ -187,36 +187,36 @@ def test_derived_dataset_may_map_parent_columns(tmp_path: Path) -> None:
 
 
 def test_operator_sets_dependencies_ready_false_for_a_method_task_mismatch() -> None:
-    from kubeforge.controllers import common, deps
+    from kubeforge.controllers import cache, deps, state, status
 
-    common.configure()
+    state.configure()
     try:
         ds = {"apiVersion": "kubeforge.io/v1alpha1", "kind": "Dataset",
               "metadata": {"name": "reviews", "namespace": "ml", "generation": 1, "resourceVersion": "1"},
               "spec": {"task": "classification", "source": {"uris": ["s3://raw/x.jsonl"]}}, "status": {}}
-        common.remember(ds)
+        cache.remember(ds)
         body = {"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
                 "metadata": {"name": "tj", "namespace": "ml", "generation": 1},
                 "spec": {"method": "sft", "model": {"uri": "org/m"}, "dataset": {"name": "reviews"}}}
         resource = TrainingJob.model_validate(body)
         report = asyncio.run(deps.resolve_dependencies(resource, "file:///store"))
         assert not report.inputs_ready
-        writer = common.StatusWriter.for_body(body)
-        assert deps.apply_dependency_conditions(writer, report, "TrainingJob", common.SUCCEEDED) is False
-        cond = writer.condition(common.DEPENDENCIES_READY)
+        writer = status.StatusWriter.for_body(body)
+        assert deps.apply_dependency_conditions(writer, report, "TrainingJob", status.SUCCEEDED) is False
+        cond = writer.condition(status.DEPENDENCIES_READY)
         assert cond is not None and (cond["status"], cond["reason"]) == ("False", "IncompatibleDataset")
         assert cond["message"] == ("method sft needs a text/instruction/chat Dataset; Dataset reviews has task "
                                    "classification: use method: classification")
-        main = writer.condition(common.SUCCEEDED)
+        main = writer.condition(status.SUCCEEDED)
         assert main is not None and (main["status"], main["reason"]) == ("False", "IncompatibleDataset")
         # A Dataset re-created with a fitting task clears it: not settled, keeps being looked at.
-        assert "IncompatibleDataset" in common.RECOVERABLE
+        assert "IncompatibleDataset" in status.RECOVERABLE
 
         ok = TrainingJob.model_validate({**body, "spec": {**body["spec"], "method": "classification"}})
         report = asyncio.run(deps.resolve_dependencies(ok, "file:///store"))
         assert not report.incompatible and report.pending  # only waiting for the Dataset to succeed
     finally:
-        common.configure()
+        state.configure()
 
 
 def _rm(distributed: dict[str, Any]) -> RewardModel:

@@ -13,21 +13,24 @@ import kopf
 from .. import metrics
 from . import (
     bounded,
-    common,
+    cache,
     credentials,
     deps,
     jobwatch,
     kube,
     modeldeployment,
+    passes,
     resync,
     stages,
     state,
+    status,
+    validation,
     workers,
 )
 
 __all__ = [
-    "bounded", "common", "credentials", "deps", "jobwatch", "kube", "modeldeployment", "resync", "stages", "state",
-    "workers",
+    "bounded", "cache", "credentials", "deps", "jobwatch", "kube", "modeldeployment", "passes", "resync", "stages",
+    "state", "status", "validation", "workers",
 ]
 
 
@@ -64,7 +67,7 @@ async def startup(
     s = state.bind_from(memo).settings
     # kopf would post every handler's log line as an Event; our transitions post their own.
     settings.posting.level = logging.WARNING
-    settings.posting.reporting_component = common.COMPONENT
+    settings.posting.reporting_component = status.COMPONENT
     settings.posting.reporting_instance = os.environ.get("HOSTNAME") or socket.gethostname()
     settings.posting.event_name_prefix = "kubeforge-"
     # No finalizers: children carry owner references, nothing outside Kubernetes needs cleaning, and no

@@ -14,7 +14,7 @@ import kopf
 
 from .. import kinds
 from ..api.v1alpha1 import GROUP, VERSION
-from . import common, deps, stages
+from . import deps, passes, stages
 
 
 def register(meaning: kinds.Kind) -> None:
@@ -29,7 +29,7 @@ def register(meaning: kinds.Kind) -> None:
         its dependents when its Succeeded/Passed moved."""
         await deps.on_object_event(body, type, meaning.main, memo)
 
-    common.register(meaning.name, reconcile)
+    passes.register(meaning.name, reconcile)
     kopf.on.event(GROUP, VERSION, plural, id="track")(track)
 
 

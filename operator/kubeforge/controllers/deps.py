@@ -16,23 +16,11 @@ from .. import metrics
 from ..api.v1alpha1 import KubeResource, conditions
 from ..stage import Dependency, ResolvedInput, dependencies
 from . import jobwatch, kube, workers
-from .common import (
-    DEPENDENCIES_READY,
-    PASSED,
-    SUCCEEDED,
-    Key,
-    StatusWriter,
-    cached,
-    find_condition,
-    forget,
-    key_of,
-    plain,
-    remember,
-    track,
-    validate,
-    wake,
-)
-from .state import bind_from, current
+from .cache import cached, forget, key_of, plain, remember
+from .passes import track, wake
+from .state import Key, bind_from, current
+from .status import DEPENDENCIES_READY, PASSED, SUCCEEDED, StatusWriter, find_condition
+from .validation import validate
 
 GRANT_ANNOTATION = "kubeforge.io/allow-references-from"
 # Reasons whose messages are built from other objects' conditions: never copied into another message.

@@ -22,7 +22,8 @@ import aiohttp
 
 from ..builders.naming import MANAGED_BY
 from . import kube
-from .common import cached, wake_owner
+from .cache import cached
+from .passes import wake_owner
 from .state import current
 
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"

@@ -25,8 +25,22 @@ from ..api.v1alpha1.status import now_rfc3339
 from ..builders import modeldeployment as builders
 from ..builders.naming import LABEL_KIND, LABEL_OWNER, MANAGED_BY, child_name
 from ..stage import ResolvedInput, output_uri, run_name
-from . import common, deps, kube, stages
-from .state import bind_from, current
+from . import deps, kube, stages
+from .cache import cached, forget, plain, remember
+from .passes import measured, register, wake
+from .state import bind_from, current, settings
+from .status import (
+    DEPENDENCIES_READY,
+    JOB_CREATED,
+    MODEL_EXPORTED,
+    READY,
+    StatusWriter,
+    as_body,
+    iter_lineage,
+    job_state,
+    parse_time,
+)
+from .validation import validate
 
 PLURAL = "modeldeployments"
 
@@ -59,7 +73,7 @@ async def _apply(child: dict[str, Any]) -> dict[str, Any]:
     key = (str(child["kind"]), str(meta["namespace"]), str(meta["name"]))
     applied = current().applied
     digest, last = _digest(child), applied.get(key)
-    known = common.cached(*key) if key[0] == "Deployment" else {}
+    known = cached(*key) if key[0] == "Deployment" else {}
     if last is not None and last[0] == digest and known is not None and time.monotonic() - last[1] < REAPPLY_S:
         return known
     try:
@@ -70,20 +84,20 @@ async def _apply(child: dict[str, Any]) -> dict[str, Any]:
         raise
     applied[key] = (digest, time.monotonic())
     if key[0] == "Deployment":
-        common.remember({"apiVersion": "apps/v1", "kind": "Deployment", **out})
+        remember({"apiVersion": "apps/v1", "kind": "Deployment", **out})
     return out
 
 
 async def _delete_deployment(namespace: str, name: str) -> None:
     """Delete a Deployment the watch cache knows (no DELETE request per pass for one that is not there)."""
-    if common.cached("Deployment", namespace, name) is not None:
+    if cached("Deployment", namespace, name) is not None:
         await kube.delete("apps/v1", "Deployment", namespace, name)
-        common.forget("Deployment", namespace, name)
+        forget("Deployment", namespace, name)
     current().applied.pop(("Deployment", namespace, name), None)
 
 
 async def _get(key: heldout.Key) -> dict[str, Any] | None:
-    return common.cached(*key) or await kube.get_kubeforge(*key)
+    return cached(*key) or await kube.get_kubeforge(*key)
 
 
 async def _with_held_out(md: ModelDeployment, inputs: dict[str, ResolvedInput]) -> dict[str, ResolvedInput]:
@@ -101,34 +115,34 @@ async def _with_held_out(md: ModelDeployment, inputs: dict[str, ResolvedInput]) 
 
 
 async def _conversion(
-    w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport, revision: int, rerun: bool
+    w: StatusWriter, md: ModelDeployment, report: deps.DependencyReport, revision: int, rerun: bool
 ) -> str | None:
     """Drive the conversion Job of this run; returns the model repository URI once exported."""
-    s = common.settings()
+    s = settings()
     job_name = child_name(md, "convert", revision=revision)
     job = await stages.get_job(md.namespace, job_name)
     if job is None or rerun:
         inputs = await _with_held_out(md, report.inputs)
-        w.fields.update(jobName=job_name, inputRevision=revision, lineage=list(common.iter_lineage(inputs)))
+        w.fields.update(jobName=job_name, inputRevision=revision, lineage=list(iter_lineage(inputs)))
     if job is None:
         children = _render(lambda: builders.get_conversion_children(md, inputs, s, revision))
         await stages.cleanup_old_generations(md.kind, md.namespace, md.name, w.generation)
         await stages.create_children(children)
-        w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
-        w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
+        w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
+        w.set(MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
-    if (w.condition(common.JOB_CREATED) or {}).get("observedGeneration") != w.generation:
-        w.set(common.JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
-    exported = w.condition(common.MODEL_EXPORTED)
+    if (w.condition(JOB_CREATED) or {}).get("observedGeneration") != w.generation:
+        w.set(JOB_CREATED, "True", "JobCreated", f"Job {job_name} created")
+    exported = w.condition(MODEL_EXPORTED)
     if not rerun and exported and exported.get("observedGeneration") == w.generation and exported.get(
         "status"
     ) == "True":
         repo = (w.body.get("status") or {}).get("modelRepository")
         if repo:
             return str(repo)
-    state, reason, message = common.job_state(job)
+    state, reason, message = job_state(job)
     if state == "Running":
-        w.set(common.MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
+        w.set(MODEL_EXPORTED, "Unknown", "Converting", f"Job {job_name} is exporting the model")
         return None
     result, text = await stages.read_result(job, s.test_hooks)
     if state == "Failed" or (result is not None and not result.succeeded):
@@ -136,14 +150,14 @@ async def _conversion(
         if isinstance(quality, dict):  # measured even when the quality gate failed the conversion
             w.fields["quantization"] = quality
         why = (result.message if result is not None else "") or text or message
-        w.set(common.MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
+        w.set(MODEL_EXPORTED, "False", (result.reason if result and not result.succeeded else reason),
               f"Job {job_name} failed: {why}")
         return None
     # The meaning shared with `kubeforge run` (kinds.py): repository, digest, conversion report, ModelExported.
     lifted = kinds.of(md.kind).lift(result, output_uri(md, s.store_root, run_name(w.generation, revision)),
                                     report.inputs)
     if lifted.problem:
-        w.set(common.MODEL_EXPORTED, "False", INVALID_RESULT, lifted.problem)
+        w.set(MODEL_EXPORTED, "False", INVALID_RESULT, lifted.problem)
         return None
     w.fields.update(lifted.fields)
     for ctype, status, reason, message in lifted.conditions:
@@ -151,7 +165,7 @@ async def _conversion(
     return str(lifted.fields["modelRepository"])
 
 
-async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:
+async def _prune(w: StatusWriter, md: ModelDeployment) -> None:
     """Delete the HPA and PDB the spec no longer asks for (spec.autoscaling removed, replicas down to 1).
 
     Once per generation and operator process: the spec changes only with the generation, a restarted operator
@@ -170,9 +184,9 @@ async def _prune(w: common.StatusWriter, md: ModelDeployment) -> None:
     pruned[uid] = w.generation
 
 
-async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str, revision: int) -> None:
+async def _serve(w: StatusWriter, md: ModelDeployment, repo: str, revision: int) -> None:
     """Apply Service/Deployments/HPA/PDB for the current version, prune unwanted ones; run the canary."""
-    s = common.settings()
+    s = settings()
     status = w.body.get("status") or {}
     version = run_name(w.generation, revision)
     served = status.get("servedVersion")
@@ -195,7 +209,7 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str, revisio
         await _delete_deployment(md.namespace, builders.deployment_name(md, builders.CANARY))
         if served != version:
             msg = f"serving {version} from {repo}"
-            kopf.event(common.as_body(w.body), type="Normal", reason="Deployed", message=msg)
+            kopf.event(as_body(w.body), type="Normal", reason="Deployed", message=msg)
         w.fields.update(servedVersion=version, servedModelRepository=repo, canaryVersion=None,
                         canaryReadySince=None)
     else:
@@ -206,13 +220,13 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str, revisio
         if ready >= want:
             since = status.get("canaryReadySince") or now_rfc3339()
             w.fields["canaryReadySince"] = since
-            started = common.parse_time(since) or datetime.now(UTC)
+            started = parse_time(since) or datetime.now(UTC)
             if (datetime.now(UTC) - started).total_seconds() >= md.spec.rollout.promote_after_seconds:
                 for child in builders.get_serving_children(md, s, stable_version=version, stable_repository=repo):
                     applied[child["metadata"]["name"] + "/" + child["kind"]] = await _apply(child)
                 await _delete_deployment(md.namespace, builders.deployment_name(md, builders.CANARY))
                 msg = f"canary {version} promoted to stable"
-                kopf.event(common.as_body(w.body), type="Normal", reason="Promoted", message=msg)
+                kopf.event(as_body(w.body), type="Normal", reason="Promoted", message=msg)
                 w.fields.update(servedVersion=version, servedModelRepository=repo, canaryVersion=None,
                                 canaryReadySince=None)
                 canary = False
@@ -226,16 +240,16 @@ async def _serve(w: common.StatusWriter, md: ModelDeployment, repo: str, revisio
     if ready_replicas >= 1:
         reason = "CanaryInProgress" if canary else "Serving"
         extra = f"; canary {version} beside it" if canary else ""
-        w.set(common.READY, "True", reason, f"serving {served_now} ({ready_replicas} ready replicas){extra}")
+        w.set(READY, "True", reason, f"serving {served_now} ({ready_replicas} ready replicas){extra}")
     else:
-        w.set(common.READY, "False", "Progressing", f"waiting for Triton pods of {served_now} to become Ready")
+        w.set(READY, "False", "Progressing", f"waiting for Triton pods of {served_now} to become Ready")
 
 
-def _model_moved(w: common.StatusWriter, md: ModelDeployment, report: deps.DependencyReport) -> tuple[bool, str]:
+def _model_moved(w: StatusWriter, md: ModelDeployment, report: deps.DependencyReport) -> tuple[bool, str]:
     """(re-convert, note): whether the exported model's producer now offers another artifact and this object
     converts it again (`spec.rerunOnInputChange`; the tracks then roll to the new run as to a new
     generation), else a note for DependenciesReady when it keeps serving what it has."""
-    exported = w.condition(common.MODEL_EXPORTED) or {}
+    exported = w.condition(MODEL_EXPORTED) or {}
     if exported.get("status") != "True" or exported.get("observedGeneration") != w.generation:
         return False, ""
     moved = deps.moved_inputs((w.body.get("status") or {}).get("lineage"), report.inputs)
@@ -244,39 +258,39 @@ def _model_moved(w: common.StatusWriter, md: ModelDeployment, report: deps.Depen
     why = "; ".join(moved)
     if not md.spec.rerun_on_input_change:
         return False, f"{why}; kept (spec.rerunOnInputChange: false)"
-    kopf.event(common.as_body(w.body), type="Normal", reason=INPUTS_CHANGED, message=f"{why}; converting again")
+    kopf.event(as_body(w.body), type="Normal", reason=INPUTS_CHANGED, message=f"{why}; converting again")
     return True, ""
 
 
-def _converting(w: common.StatusWriter) -> None:
+def _converting(w: StatusWriter) -> None:
     """Ready while a conversion Job runs: still True when a served run keeps answering (a new generation or
     a moved model is being converted; the Triton pods of the served run are left alone until it is done,
     as KServe keeps an InferenceService Ready while its next revision rolls out), else False."""
     served = (w.body.get("status") or {}).get("servedVersion")
-    was = w.condition(common.READY) or {}
+    was = w.condition(READY) or {}
     if served and was.get("status") == "True":
-        w.set(common.READY, "True", str(was.get("reason") or "Serving"),
+        w.set(READY, "True", str(was.get("reason") or "Serving"),
               f"serving {served} while the conversion Job exports the next model")
     else:
-        w.set(common.READY, "False", "Converting", "waiting for the conversion Job")
+        w.set(READY, "False", "Converting", "waiting for the conversion Job")
 
 
 async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
     """One pass: validate → inputs → conversion → gate → serving."""
-    body = common.plain(body_in)
-    async with common.measured("ModelDeployment") as box:
-        w = common.StatusWriter.for_body(body)
-        resource, error = common.validate(body)
+    body = plain(body_in)
+    async with measured("ModelDeployment") as box:
+        w = StatusWriter.for_body(body)
+        resource, error = validate(body)
         if resource is None:
-            w.set(common.READY, "False", "InvalidSpec", error)
+            w.set(READY, "False", "InvalidSpec", error)
             box["outcome"] = "invalid"
             w.flush(patch)
             return
         assert isinstance(resource, ModelDeployment)
-        report = await deps.resolve_dependencies(resource, common.settings().store_root)
-        if not deps.apply_dependency_conditions(w, report, resource.kind, common.READY):
+        report = await deps.resolve_dependencies(resource, settings().store_root)
+        if not deps.apply_dependency_conditions(w, report, resource.kind, READY):
             if not (report.failed or report.cycle):
-                w.set(common.READY, "False", "WaitingForDependencies", report.waiting_message())
+                w.set(READY, "False", "WaitingForDependencies", report.waiting_message())
             box["outcome"] = "waiting"
             w.flush(patch)
             return
@@ -287,42 +301,42 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
         try:
             repo = await _conversion(w, resource, report, revision, rerun)
         except _Refused as exc:
-            w.set(common.READY, "False", "InvalidSpec", str(exc))
+            w.set(READY, "False", "InvalidSpec", str(exc))
             box["outcome"] = "invalid"
             w.flush(patch)
             return
         except stages.ChildRejected as exc:
-            w.set(common.READY, "False", "ChildRejected", str(exc))
+            w.set(READY, "False", "ChildRejected", str(exc))
             box["outcome"] = "invalid"
             w.flush(patch)
             return
         if report.gate_failed:
             msg = "; ".join(report.gate_failed)
-            w.set(common.DEPENDENCIES_READY, "False", "GateFailed", msg)
-            w.set(common.READY, "False", "GateFailed", f"blocked by gate: {msg}")
+            w.set(DEPENDENCIES_READY, "False", "GateFailed", msg)
+            w.set(READY, "False", "GateFailed", f"blocked by gate: {msg}")
             box["outcome"] = "blocked"
         elif report.gate_pending:
             msg = "; ".join(report.gate_pending)
-            w.set(common.DEPENDENCIES_READY, "False", "GatePending", f"waiting for gate: {msg}")
-            w.set(common.READY, "False", "GatePending", f"waiting for gate: {msg}")
+            w.set(DEPENDENCIES_READY, "False", "GatePending", f"waiting for gate: {msg}")
+            w.set(READY, "False", "GatePending", f"waiting for gate: {msg}")
             box["outcome"] = "waiting"
         else:
             if kept:
-                w.set(common.DEPENDENCIES_READY, "True", INPUTS_CHANGED, kept)
+                w.set(DEPENDENCIES_READY, "True", INPUTS_CHANGED, kept)
             else:
-                w.set(common.DEPENDENCIES_READY, "True", "DependenciesSucceeded", "inputs succeeded and gate passed")
-            exported = w.condition(common.MODEL_EXPORTED) or {}
+                w.set(DEPENDENCIES_READY, "True", "DependenciesSucceeded", "inputs succeeded and gate passed")
+            exported = w.condition(MODEL_EXPORTED) or {}
             if repo is not None:
                 try:
                     await _serve(w, resource, repo, revision)
                 except _Refused as exc:
-                    w.set(common.READY, "False", "InvalidSpec", str(exc))
+                    w.set(READY, "False", "InvalidSpec", str(exc))
                     box["outcome"] = "invalid"
                 except stages.ChildRejected as exc:
-                    w.set(common.READY, "False", "ChildRejected", str(exc))
+                    w.set(READY, "False", "ChildRejected", str(exc))
                     box["outcome"] = "invalid"
             elif exported.get("status") == "False":
-                w.set(common.READY, "False", "ConversionFailed", str(exported.get("message", "")))
+                w.set(READY, "False", "ConversionFailed", str(exported.get("message", "")))
                 box["outcome"] = "failed"
             else:
                 _converting(w)
@@ -330,13 +344,13 @@ async def reconcile_md(body_in: Any, patch: kopf.Patch) -> None:
         w.flush(patch)
 
 
-common.register("ModelDeployment", reconcile_md)
+register("ModelDeployment", reconcile_md)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="track")
 async def track(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Metrics gauge, cache and dependency index; queue a pass when the object is new or changed."""
-    await deps.on_object_event(body, type, common.READY, memo)
+    await deps.on_object_event(body, type, READY, memo)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY},
@@ -344,14 +358,14 @@ async def track(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) ->
 async def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A Triton Deployment changed (replicas became ready, it vanished): cache it and queue its owner."""
     bind_from(memo)
-    data = common.plain(body)
+    data = plain(body)
     meta = data.get("metadata") or {}
     ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
     if type == "DELETED":
-        common.forget("Deployment", ns, name)
+        forget("Deployment", ns, name)
         current().applied.pop(("Deployment", ns, name), None)
     else:
-        common.remember({"apiVersion": "apps/v1", "kind": "Deployment", **data})
+        remember({"apiVersion": "apps/v1", "kind": "Deployment", **data})
     owner = (meta.get("labels") or {}).get(LABEL_OWNER)
     if (meta.get("labels") or {}).get(LABEL_KIND) == "ModelDeployment" and owner:
-        common.wake("ModelDeployment", ns, str(owner))
+        wake("ModelDeployment", ns, str(owner))

@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..builders.naming import JOB_NAME_LABEL
 from ..stage import METRICS_PORT
 from . import kube
-from .common import cached, parse_time
+from .cache import cached
 from .state import current
+from .status import parse_time
 
 SCRAPE_TIMEOUT_S = 2.0
 # A Job whose pod did not answer (or has no running pod yet) is tried again after this long.

@@ -19,11 +19,13 @@ A failed pass is not the resync's business: the consumer re-adds it with backoff
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
-from . import common, progress
-from .state import current
+from . import passes, progress
+from .state import Key, current, settings
+from .status import SUCCEEDED, find_condition, settled
 
 TICK_MAX_S = 5.0
 TICK_MIN_S = 0.2
@@ -32,29 +34,34 @@ PROGRESS_INTERVAL_S = 5.0
 PROGRESS_READS_PER_S = 20.0
 
 
+def resync_interval() -> float:
+    """Seconds between safety-net passes of unfinished objects (events do the real work)."""
+    return float(os.environ.get("KUBEFORGE_RESYNC_INTERVAL") or max(30.0, settings().poll_interval))
+
+
 def interval_of(kind: str) -> float:
     """Seconds between safety-net passes of one object of this kind."""
-    return common.settings().poll_interval if kind == LONG_RUNNING else common.resync_interval()
+    return settings().poll_interval if kind == LONG_RUNNING else resync_interval()
 
 
 def running(body: dict[str, Any]) -> bool:
     """The object's stage Job runs (Succeeded=Unknown, reason Running)."""
-    cond = common.find_condition((body.get("status") or {}).get("conditions"), common.SUCCEEDED)
+    cond = find_condition((body.get("status") or {}).get("conditions"), SUCCEEDED)
     return cond is not None and cond.get("reason") == "Running"
 
 
-def due(now: float, since: float) -> list[common.Key]:
+def due(now: float, since: float) -> list[Key]:
     """Objects whose last pass (or, never passed, the loop's start `since`) is at least their interval ago."""
-    candidates: list[tuple[common.Key, bool]] = []
-    for key, body in common.reconcilable():
-        if key[0] != LONG_RUNNING and common.settled(body):
+    candidates: list[tuple[Key, bool]] = []
+    for key, body in passes.reconcilable():
+        if key[0] != LONG_RUNNING and settled(body):
             continue
         live = running(body) and progress.readable(key[1], str((body.get("status") or {}).get("jobName") or ""))
         candidates.append((key, live))
     readers = sum(1 for _key, live in candidates if live)
-    every = max(PROGRESS_INTERVAL_S, common.settings().poll_interval, readers / PROGRESS_READS_PER_S)
+    every = max(PROGRESS_INTERVAL_S, settings().poll_interval, readers / PROGRESS_READS_PER_S)
     last_pass = current().last_pass
-    out: list[common.Key] = []
+    out: list[Key] = []
     for key, live in candidates:
         interval = min(interval_of(key[0]), every) if live else interval_of(key[0])
         if now - last_pass.get(key, since) >= interval:
@@ -69,4 +76,4 @@ async def run() -> None:
         shortest = min(interval_of(LONG_RUNNING), interval_of(""))
         await asyncio.sleep(min(TICK_MAX_S, max(TICK_MIN_S, shortest / 2)))
         for key in due(time.monotonic(), since):
-            common.wake(*key, low=True)
+            passes.wake(*key, low=True)

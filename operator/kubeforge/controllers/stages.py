@@ -29,25 +29,14 @@ from ..builders.naming import (
 from ..builders.workloads import STAGE_CONTAINER as STAGE_CONTAINER_NAME
 from ..stage import ResolvedInput, StageResult, output_uri, run_name, stage_name
 from . import kube, progress
-from .common import (
-    JOB_CREATED,
-    RESULT_ANNOTATION,
-    SUCCEEDED,
-    StatusWriter,
-    cached,
-    forget,
-    iter_lineage,
-    job_state,
-    measured,
-    parse_time,
-    plain,
-    remember,
-    settings,
-    settled,
-    validate,
-)
+from .cache import cached, forget, plain, remember
 from .deps import DependencyReport, apply_dependency_conditions, moved_inputs, resolve_dependencies
+from .passes import measured
+from .state import settings
+from .status import JOB_CREATED, SUCCEEDED, StatusWriter, iter_lineage, job_state, parse_time, settled
+from .validation import validate
 
+RESULT_ANNOTATION = "kubeforge.io/result"
 MAX_REJECTION_MESSAGE = 1024
 
 

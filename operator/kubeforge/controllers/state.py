@@ -5,6 +5,7 @@ every handler binds it to its task's context (`bind_from`) before it touches the
 work queue's consumers and the resync loop are started from a bound handler, so they inherit it. An
 operator started again in the same process (tests, `kopf.testing.KopfRunner`) therefore starts from a
 fresh cache, queue and HTTP session instead of trusting what an earlier run left in module variables.
+`settings()` and `queue()` read the bound state; `configure()` binds a fresh one (tests).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class OperatorState:
     # the watch event that makes it fresh also wakes whoever depends on it.
     bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
-    # Each object's parse (common.validate) with the generation, labels and annotations it was made from.
+    # Each object's parse (validation.validate) with the generation, labels and annotations it was made from.
     parsed: dict[Key, tuple[tuple[Any, ...], tuple[KubeResource | None, str]]] = field(default_factory=dict)
     # Generation + Succeeded/Passed of each object as its last watch event showed them.
     watched: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
@@ -78,7 +79,7 @@ def current() -> OperatorState:
         return _CURRENT.get()
     except LookupError:
         raise RuntimeError(
-            "no operator state bound: kopf handlers call state.bind_from(memo); tests call common.configure()"
+            "no operator state bound: kopf handlers call state.bind_from(memo); tests call state.configure()"
         ) from None
 
 
@@ -93,3 +94,21 @@ def bind_from(memo: Any) -> OperatorState:
     if _CURRENT.get(None) is not state:
         _CURRENT.set(state)
     return state
+
+
+def configure(new: OperatorSettings | None = None, api: Client | None = None) -> OperatorSettings:
+    """Start a fresh operator state (settings from the environment unless given) and bind it to this context:
+    what tests call in place of kopf's startup handler."""
+    state = OperatorState.create(new, api)
+    bind(state)
+    return state.settings
+
+
+def settings() -> OperatorSettings:
+    """This operator run's settings."""
+    return current().settings
+
+
+def queue() -> WorkQueue[Key]:
+    """This operator run's work queue."""
+    return current().queue

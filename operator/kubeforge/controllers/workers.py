@@ -12,18 +12,18 @@ import contextlib
 import logging
 
 from .. import metrics
-from . import common, resync
-from .state import current
+from . import passes, resync
+from .state import Key, current
 from .workqueue import WorkQueue
 
 log = logging.getLogger("kubeforge.controllers")
 
-async def consume(queue: WorkQueue[common.Key]) -> None:
+async def consume(queue: WorkQueue[Key]) -> None:
     """One consumer: take a key, run its pass, re-add it with backoff if the pass failed."""
     while True:
         key = await queue.get()
         try:
-            await common.process(key)
+            await passes.process(key)
         except Exception as exc:  # must not kill the consumer: the key comes back after its backoff
             delay = queue.add_rate_limited(key)
             metrics.QUEUE_RETRIES.labels(key[0]).inc()
