@@ -190,15 +190,16 @@ push_and_pull() {
 # sha256:<image id> references the CRI plugin adds for each image it has seen (those alone kept 20 GB of old
 # layers after a few dozen builds). containerd then garbage-collects their content and snapshots.
 prune_node_images() {
-  local current keep="" ref digest
+  local current keep="" images ref digest
   current=" $(cut -d= -f2 "$RUN_DIR/images.env" | tr '\n' ' ') "
+  images="$(ctr_ images ls | awk 'NR > 1 {print $1, $3}')"
   while read -r ref digest; do
     [[ "$current" == *" $ref "* ]] && keep+=" $digest"
-  done < <(ctr_ images ls | awk 'NR > 1 {print $1, $3}')
+  done <<<"$images"
   while read -r ref digest; do
     [[ "$ref" == "$REGISTRY/kubeforge/"* || "$ref" == sha256:* ]] || continue
     [[ "$keep " == *" $digest "* ]] || ctr_ images rm "$ref" >/dev/null 2>&1 || true
-  done < <(ctr_ images ls | awk 'NR > 1 {print $1, $3}')
+  done <<<"$images"
 }
 
 # The registry keeps every pushed tag. Before it starts, untag all but the references in images.env and let

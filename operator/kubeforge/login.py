@@ -82,9 +82,14 @@ def kubeconfig_user() -> dict[str, Any]:
     return kubeconfig()[1]
 
 
+def logs_in_by_plugin(user: dict[str, Any]) -> bool:
+    """A kubeconfig user entry that logs in through a plugin (exec, auth-provider) only the client library runs."""
+    return any(user.get(key) for key in PLUGIN_KEYS)
+
+
 def needs_client_library() -> bool:
     """Outside a pod, a kubeconfig whose user logs in through a plugin that only the client library runs."""
-    return pod_service_account() is None and any(kubeconfig_user().get(key) for key in PLUGIN_KEYS)
+    return pod_service_account() is None and logs_in_by_plugin(kubeconfig_user())
 
 
 def keep_client_library_out() -> bool:

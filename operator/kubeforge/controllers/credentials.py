@@ -33,11 +33,11 @@ def load(logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> k
     if (pod := login.pod_service_account()) is not None:
         info = kopf.ConnectionInfo(server=str(pod["server"]), token=pod["token"], ca_path=pod["ca_path"],
                                    default_namespace=pod["namespace"])
-    elif login.needs_client_library():
-        info = kopf.login_via_client(logger=logger or _log, settings=kopf.OperatorSettings())
     else:
-        cluster, user = login.kubeconfig()
-        if cluster.get("server"):
+        cluster, user = login.kubeconfig()  # read once (needs_client_library would read it again)
+        if login.logs_in_by_plugin(user):
+            info = kopf.login_via_client(logger=logger or _log, settings=kopf.OperatorSettings())
+        elif cluster.get("server"):
             info = kopf.ConnectionInfo(
                 server=str(cluster["server"]),
                 ca_path=cluster.get("certificate-authority"),

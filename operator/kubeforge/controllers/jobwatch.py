@@ -22,7 +22,6 @@ import aiohttp
 
 from ..builders.naming import MANAGED_BY
 from . import kube
-from .cache import cached
 from .passes import wake_owner
 from .state import current
 
@@ -70,9 +69,10 @@ async def relist(namespace: str) -> str:
         if not meta.get("continue"):
             break
         query["continue"] = str(meta["continue"])
-    for kind, ns, name in [key for key in current().bodies if key[0] == "Job" and key[1] == namespace]:
-        if name not in listed and (gone := cached(kind, ns, name)) is not None:
-            observe(gone, "DELETED")
+    gone = [body for (kind, ns, name), body in current().bodies.items()
+            if kind == "Job" and ns == namespace and name not in listed]
+    for body in gone:
+        observe(body, "DELETED")
     return str(meta.get("resourceVersion") or "")
 
 
